@@ -1,0 +1,1 @@
+"""Sampling math: schedules, parameterizations, guidance, steppers and the one loop."""

@@ -1,0 +1,1 @@
+"""Networks, one small module per family, composed from vidiff.layers."""

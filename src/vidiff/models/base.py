@@ -1,0 +1,116 @@
+"""The one base class of vidiff's networks: config in, strict checkpoint load, diffusers layout out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from .. import loading
+from ..config import Config
+
+M = TypeVar("M", bound="PretrainedModel")
+
+
+class PretrainedModel(nn.Module):
+    """A network built from a typed config whose parameter names are the checkpoint's names.
+
+    Subclasses set :attr:`config_class` and :attr:`weights_name` and take the config as the only
+    ``__init__`` argument. They must not register non-persistent buffers: models are built on the
+    ``meta`` device and only what the checkpoint holds is materialised.
+    """
+
+    config_class: ClassVar[type[Config]]
+    # File stem of the weights: diffusers models use "diffusion_pytorch_model", transformers "model".
+    weights_name: ClassVar[str] = "diffusion_pytorch_model"
+    # Regexes of checkpoint keys that may be present but are not parameters (old buffers).
+    ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def from_config(cls: type[M], config: Mapping[str, Any] | Config, **overrides: Any) -> M:
+        """Build a randomly initialised model from a diffusers/transformers config dict (or typed config)."""
+        return cls(cls.config_class.from_diffusers(config, **overrides))
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        name_or_path: str | os.PathLike,
+        subfolder: str | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | None = None,
+        variant: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
+        device: torch.device | str | None = None,
+    ) -> M:
+        """Load a model from a local folder or Hub id in the diffusers layout.
+
+        ``subfolder`` selects a component of a pipeline repo (e.g. ``"unet"``); ``variant="fp16"``
+        picks ``*.fp16.safetensors``; ``dtype`` (alias ``torch_dtype``) casts floating-point weights
+        (default: as stored); ``device`` places them (default: CPU). Loading is strict.
+        """
+        dtype = loading.pick_dtype(dtype, torch_dtype)
+        checkpoint = loading.Checkpoint.open(
+            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+        return cls.from_checkpoint(checkpoint, subfolder, dtype=dtype, variant=variant, device=device)
+
+    @classmethod
+    def from_checkpoint(
+        cls: type[M],
+        checkpoint: loading.Checkpoint,
+        subfolder: str | None,
+        *,
+        dtype: torch.dtype | None = None,
+        variant: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> M:
+        """Load from an opened :class:`~vidiff.loading.Checkpoint` (used by pipelines)."""
+        raw = checkpoint.read_json(loading.join(subfolder, "config.json"))
+        with torch.device("meta"):
+            model = cls.from_config(raw)
+        state = checkpoint.load_state_dict(subfolder, variant=variant, weights_name=cls.weights_name)
+        loading.load_state_dict_strict(
+            model, state, dtype=dtype, device=device, ignore_unexpected=cls.ignored_checkpoint_keys
+        )
+        return model.eval()
+
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        *,
+        variant: str | None = None,
+        max_shard_size: int | None = None,
+    ) -> None:
+        """Write ``config.json`` and safetensors weights in the diffusers layout into ``directory``."""
+        config = {"_class_name": type(self).__name__, **self.config.to_diffusers()}
+        loading.save_component(
+            Path(directory),
+            config,
+            self.state_dict(),
+            weights_name=self.weights_name,
+            variant=variant,
+            max_shard_size=max_shard_size,
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the first floating-point parameter."""
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,1 @@
+"""Pipelines: encode → prepare → sample → decode → output."""
