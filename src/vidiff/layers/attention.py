@@ -1,0 +1,159 @@
+"""Multi-head attention on PyTorch's fused SDPA kernel, and the transformer feed-forward.
+
+Parameter names (``to_q``, ``to_k``, ``to_v``, ``to_out.0``, ``group_norm``, ``net.0.proj``,
+``net.2``) are those of the published diffusers checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .frames import images_to_tokens, tokens_to_images
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention over token sequences ``[N, L, query_dim]``.
+
+    ``cross_attention_dim`` sets the width of the context the keys/values come from (default: the
+    query width, i.e. self-attention). ``norm_num_groups`` adds a GroupNorm before the
+    projections and ``residual_connection`` adds the input back after them — the VAE mid-block
+    form, which also accepts image input ``[N, C, H, W]`` and returns that shape.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        cross_attention_dim: int | None = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        bias: bool = False,
+        out_bias: bool = True,
+        norm_num_groups: int | None = None,
+        eps: float = 1e-5,
+        residual_connection: bool = False,
+        rescale_output_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        inner_dim = heads * dim_head
+        context_dim = cross_attention_dim if cross_attention_dim is not None else query_dim
+        self.heads = heads
+        self.residual_connection = residual_connection
+        self.rescale_output_factor = rescale_output_factor
+        self.group_norm = (
+            nn.GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups is not None else None
+        )
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=bias)
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=bias)
+        # A list for the checkpoint's "to_out.0" name; the dropout that followed it is inference-inert.
+        self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias)])
+
+    def forward(
+        self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``hidden_states`` ``[N, L, C]`` (or ``[N, C, H, W]``), context ``[N, L_ctx, D]`` → input's shape."""
+        if hidden_states.ndim == 4:
+            return self._forward_image(hidden_states, encoder_hidden_states)
+        residual = hidden_states
+        if self.group_norm is not None:
+            hidden_states = self.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        out = self._attend(hidden_states, encoder_hidden_states)
+        return self._finish(out, residual)
+
+    def _forward_image(self, images: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        normed = self.group_norm(images) if self.group_norm is not None else images
+        out = self._attend(images_to_tokens(normed), context)  # [N, H·W, C]
+        out = tokens_to_images(out, height, width)
+        return self._finish(out, images)
+
+    def _finish(self, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.residual_connection:
+            # residual first: the sum takes its (contiguous NCHW) layout, not the token view's.
+            out = residual + out
+        if self.rescale_output_factor != 1.0:
+            out = out / self.rescale_output_factor
+        return out
+
+    def _attend(self, tokens: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        # tokens [N, L, C_q]; context [N, L_ctx, D] or None (self-attention)
+        source = tokens if context is None else context
+        if source.shape[1] == 1:
+            # A single key: the softmax weight is exactly 1, so every query receives the value
+            # itself. Skipping q/k and the kernel is exact (SVD's image-embedding cross-attention).
+            value = self.to_out[0](self.to_v(source))  # [N, 1, C_q]
+            return value.expand(tokens.shape[0], tokens.shape[1], value.shape[-1])
+        count, length, _ = tokens.shape
+        query = self._split_heads(self.to_q(tokens))
+        key = self._split_heads(self.to_k(source))
+        value = self._split_heads(self.to_v(source))
+        out = F.scaled_dot_product_attention(query, key, value)  # [N, heads, L, dim_head]
+        out = out.transpose(1, 2).reshape(count, length, -1)
+        return self.to_out[0](out)
+
+    def _split_heads(self, projected: torch.Tensor) -> torch.Tensor:
+        # [N, L, heads·dim_head] → [N, heads, L, dim_head] (a view; SDPA accepts the strides)
+        count, length, width = projected.shape
+        return projected.view(count, length, self.heads, width // self.heads).transpose(1, 2)
+
+
+class GEGLU(nn.Module):
+    """Gated GELU: one projection to twice the width, half of it gates the other half."""
+
+    def __init__(self, dim_in: int, dim_out: int, bias: bool = True) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2, bias=bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(hidden_states).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class GELU(nn.Module):
+    """A projection followed by GELU (``approximate="tanh"`` for the tanh form)."""
+
+    def __init__(self, dim_in: int, dim_out: int, approximate: str = "none", bias: bool = True) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out, bias=bias)
+        self.approximate = approximate
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.proj(hidden_states), approximate=self.approximate)
+
+
+class FeedForward(nn.Module):
+    """Transformer MLP: activation projection ``net.0`` then output projection ``net.2``.
+
+    ``activation_fn`` is ``"geglu"`` (SD/SVD), ``"gelu"`` or ``"gelu-approximate"``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        mult: int = 4,
+        activation_fn: str = "geglu",
+        inner_dim: int | None = None,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        inner_dim = inner_dim if inner_dim is not None else int(dim * mult)
+        if activation_fn == "geglu":
+            activation: nn.Module = GEGLU(dim, inner_dim, bias=bias)
+        elif activation_fn == "gelu":
+            activation = GELU(dim, inner_dim, bias=bias)
+        elif activation_fn == "gelu-approximate":
+            activation = GELU(dim, inner_dim, approximate="tanh", bias=bias)
+        else:
+            raise ValueError(
+                f"activation_fn must be 'geglu', 'gelu' or 'gelu-approximate', got {activation_fn!r}"
+            )
+        # Index 1 held a dropout in training; Identity keeps the output projection at "net.2".
+        self.net = nn.ModuleList(
+            [activation, nn.Identity(), nn.Linear(inner_dim, dim_out or dim, bias=bias)]
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.net[2](self.net[0](hidden_states))

@@ -1,0 +1,164 @@
+"""What every pipeline shares: loading and saving the diffusers layout, devices and dtypes, progress bars."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__, loading
+
+logger = logging.getLogger(__name__)
+P = TypeVar("P", bound="Pipeline")
+
+
+class Pipeline:
+    """Base of vidiff's pipelines.
+
+    Subclasses declare :attr:`components`: for each component name (the subfolder and the
+    ``model_index.json`` key) the classes that may load it, keyed by the class name a checkpoint may
+    write there (e.g. transformers' ``CLIPImageProcessorPil`` is read by our ``CLIPImageProcessor``).
+    Every component class offers ``from_checkpoint(checkpoint, subfolder, ...)`` and ``save_pretrained``.
+    """
+
+    components: ClassVar[dict[str, dict[str, type]]]
+
+    def __init__(self, **components: Any) -> None:
+        expected = set(self.components)
+        if set(components) != expected:
+            missing, extra = sorted(expected - set(components)), sorted(set(components) - expected)
+            raise TypeError(f"{type(self).__name__} needs components {sorted(expected)}; missing {missing}, unexpected {extra}")
+        for name, component in components.items():
+            setattr(self, name, component)
+        self._progress_bar_config: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(
+        cls: type[P],
+        name_or_path: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | None = None,
+        variant: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
+        device: torch.device | str | None = None,
+        **components: Any,
+    ) -> P:
+        """Load a pipeline from a local folder or Hub id in the diffusers layout.
+
+        ``dtype`` (alias ``torch_dtype``) casts the networks' weights (default: as stored);
+        ``variant="fp16"`` picks ``*.fp16.safetensors`` where present; components passed as keyword
+        arguments (``unet=my_unet``) replace the stored ones and are not loaded.
+        """
+        unknown = sorted(set(components) - set(cls.components))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_pretrained got unknown argument(s) {unknown}; components are {sorted(cls.components)}")
+        dtype = loading.pick_dtype(dtype, torch_dtype)
+        checkpoint = loading.Checkpoint.open(
+            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+        try:
+            index = checkpoint.read_json("model_index.json")
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"{checkpoint.name} is not a pipeline checkpoint: it has no model_index.json. A diffusers-layout "
+                f"checkpoint folder holds model_index.json and one subfolder per component ({', '.join(cls.components)})"
+            ) from err
+        loaded = {}
+        for name, classes in cls.components.items():
+            if name in components:
+                loaded[name] = components[name]
+                continue
+            component_class = cls._component_class(checkpoint, index, name, classes)
+            logger.info("loading %s (%s) from %s", name, component_class.__name__, checkpoint.name)
+            loaded[name] = cls._load_component(component_class, checkpoint, name, dtype, variant, device)
+        return cls(**loaded)
+
+    @classmethod
+    def _component_class(cls, checkpoint: loading.Checkpoint, index: Mapping, name: str, classes: dict[str, type]) -> type:
+        entry = index.get(name)
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[1] is None:
+            raise ValueError(
+                f"{checkpoint.name}/model_index.json has no component {name!r} (found {sorted(k for k in index if not k.startswith('_'))}); "
+                f"{cls.__name__} needs {sorted(cls.components)}"
+            )
+        class_name = entry[1]
+        if class_name not in classes:
+            raise ValueError(
+                f"{checkpoint.name}: component {name!r} is a {class_name}, which {cls.__name__} cannot load; "
+                f"supported: {sorted(classes)}"
+            )
+        return classes[class_name]
+
+    @staticmethod
+    def _load_component(component_class: type, checkpoint: loading.Checkpoint, name: str, dtype, variant, device) -> Any:
+        if issubclass(component_class, torch.nn.Module):
+            return component_class.from_checkpoint(checkpoint, name, dtype=dtype, variant=variant, device=device)
+        return component_class.from_checkpoint(checkpoint, name)
+
+    def save_pretrained(self, directory: str | os.PathLike, *, variant: str | None = None) -> None:
+        """Write ``model_index.json`` and one subfolder per component, loadable by vidiff and diffusers."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        index: dict[str, Any] = {"_class_name": type(self).__name__, "_vidiff_version": __version__}
+        for name in self.components:
+            component = getattr(self, name)
+            if component is None:
+                index[name] = [None, None]
+                continue
+            index[name] = [getattr(component, "library", "diffusers"), type(component).__name__]
+            if isinstance(component, torch.nn.Module):
+                component.save_pretrained(directory / name, variant=variant)
+            else:
+                component.save_pretrained(directory / name)
+        loading.write_json(directory / "model_index.json", index)
+
+    # ------------------------------------------------------------------ devices and dtypes
+    def _modules(self) -> list[torch.nn.Module]:
+        return [c for c in (getattr(self, n) for n in self.components) if isinstance(c, torch.nn.Module)]
+
+    def to(self: P, *args: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> P:
+        """Move every network to a device and/or cast it: ``to("cuda")``, ``to(torch.float16)``,
+        ``to("cuda", torch.float16)`` or ``to(device=..., dtype=...)``. Returns the pipeline itself."""
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif isinstance(arg, (str, torch.device)):
+                device = torch.device(arg)
+            else:
+                raise TypeError(f"Pipeline.to() takes a device and/or a torch.dtype, got {type(arg).__name__}")
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"`dtype` must be a floating-point torch.dtype, got {dtype}")
+        for module in self._modules():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """The device the pipeline runs on: that of its denoising network (``unet``)."""
+        denoiser = getattr(self, "unet", None)
+        modules = [denoiser] if isinstance(denoiser, torch.nn.Module) else self._modules()
+        return modules[0].device if modules else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        denoiser = getattr(self, "unet", None)
+        modules = [denoiser] if isinstance(denoiser, torch.nn.Module) else self._modules()
+        return modules[0].dtype if modules else torch.float32
+
+    # ------------------------------------------------------------------ progress
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Options passed to tqdm for the progress bars (e.g. ``disable=True``), as in diffusers."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, iterable: Iterable | None = None, total: int | None = None, **kwargs: Any) -> tqdm:
+        config = {**kwargs, **self._progress_bar_config}
+        return tqdm(iterable, total=total, **config)

@@ -1,0 +1,233 @@
+"""Stable Video Diffusion (SVD / SVD-XT): one image → a short video.
+
+Flow: CLIP-embed the image and VAE-encode a noise-augmented copy (the conditioning), draw the
+initial latents, run the one denoising loop with SVD's frame-wise guidance ramp, decode in chunks.
+Numbers match diffusers' ``StableVideoDiffusionPipeline`` on the same weights and seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..diffusion.guidance import FrameRampGuidance, NoGuidance
+from ..diffusion.loop import sample
+from ..diffusion.schedulers import EulerDiscreteScheduler
+from ..image_processing import CLIPImageProcessor
+from ..models.clip import CLIPVisionModelWithProjection
+from ..models.unet_svd import UNetSpatioTemporalConditionModel
+from ..models.vae_temporal import AutoencoderKLTemporalDecoder
+from . import frames as frames_io
+from .base import Pipeline
+from .noise import GeneratorInput, check_generator, randn
+
+CALLBACK_TENSOR_INPUTS = ("latents",)
+
+
+class StableVideoDiffusionPipeline(Pipeline):
+    """Image-to-video with Stable Video Diffusion; loads ``stabilityai/stable-video-diffusion-img2vid(-xt)``.
+
+    Components: ``vae`` (AutoencoderKLTemporalDecoder), ``image_encoder`` (CLIP vision tower),
+    ``unet`` (UNetSpatioTemporalConditionModel), ``scheduler`` (EulerDiscreteScheduler) and
+    ``feature_extractor`` (CLIPImageProcessor, whose mean/std normalise the CLIP input).
+    """
+
+    components = {
+        "vae": {"AutoencoderKLTemporalDecoder": AutoencoderKLTemporalDecoder},
+        "image_encoder": {"CLIPVisionModelWithProjection": CLIPVisionModelWithProjection},
+        "unet": {"UNetSpatioTemporalConditionModel": UNetSpatioTemporalConditionModel},
+        "scheduler": {"EulerDiscreteScheduler": EulerDiscreteScheduler},
+        # transformers without torchvision names its processor CLIPImageProcessorPil; same config.
+        "feature_extractor": {"CLIPImageProcessor": CLIPImageProcessor, "CLIPImageProcessorPil": CLIPImageProcessor},
+    }
+
+    vae: AutoencoderKLTemporalDecoder
+    image_encoder: CLIPVisionModelWithProjection
+    unet: UNetSpatioTemporalConditionModel
+    scheduler: EulerDiscreteScheduler
+    feature_extractor: CLIPImageProcessor
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side (8 for the released VAE)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: frames_io.ImageInput,
+        height: int = 576,
+        width: int = 1024,
+        num_frames: int | None = None,
+        num_inference_steps: int = 25,
+        sigmas: Sequence[float] | None = None,
+        min_guidance_scale: float = 1.0,
+        max_guidance_scale: float = 3.0,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        decode_chunk_size: int | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: GeneratorInput = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = CALLBACK_TENSOR_INPUTS,
+        return_dict: bool = True,
+    ) -> frames_io.VideoPipelineOutput | Any:
+        """Generate ``num_frames`` frames that continue ``image``.
+
+        Args:
+            image: PIL image, list of PIL images (one video each), numpy ``[H, W, 3]``/``[N, H, W, 3]``
+                (uint8 or float in [0, 1]) or tensor ``[3, H, W]``/``[N, 3, H, W]`` in [0, 1].
+            height, width: output size in pixels, multiples of 8 (default 576 × 1024).
+            num_frames: frames per video (default: the UNet's ``num_frames``, 25 for SVD-XT).
+            num_inference_steps: denoising steps (25). ``sigmas``: custom noise levels instead.
+            min_guidance_scale, max_guidance_scale: classifier-free guidance ramps linearly from
+                min (first frame) to max (last frame); guidance is off when max ≤ 1 (1.0, 3.0).
+            fps: frame rate the UNet is conditioned on (7; the model was trained on ``fps - 1``).
+            motion_bucket_id: amount of motion (127). noise_aug_strength: noise added to the
+                conditioning image (0.02); more noise, more motion, less fidelity.
+            decode_chunk_size: frames decoded per VAE call (default: all at once; SVD's temporal
+                decoder mixes the frames of a chunk, so this changes the output, as in diffusers).
+            num_videos_per_prompt: videos per input image (1).
+            generator: torch or numpy generator, or a list of one per video. torch reproduces
+                diffusers' draws; numpy gives the same video on every device.
+            latents: initial noise ``[B, 4, F, H/8, W/8]`` (B = images × num_videos_per_prompt).
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (see VideoPipelineOutput).
+            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict``; a returned
+                ``"latents"`` replaces the latents. ``callback_on_step_end_tensor_inputs``: ["latents"].
+            return_dict: return a VideoPipelineOutput (True) or the tuple ``(frames,)``.
+        """
+        num_frames = self.unet.config.num_frames if num_frames is None else num_frames
+        decode_chunk_size = num_frames if decode_chunk_size is None else decode_chunk_size
+        self._check_arguments(
+            height, width, num_frames, num_inference_steps, min_guidance_scale, max_guidance_scale,
+            decode_chunk_size, num_videos_per_prompt, output_type, callback_on_step_end_tensor_inputs,
+        )
+        pixels, pils = frames_io.images_to_tensor(image)  # [N, 3, H0, W0] in [0, 1]
+        batch_size = pixels.shape[0] * num_videos_per_prompt
+        check_generator(generator, batch_size)
+        device, dtype = self.device, self.image_encoder.dtype
+        guided = max_guidance_scale > 1  # diffusers runs the unconditional branch only then
+
+        image_embeddings = self._encode_clip(pixels, device, dtype)
+        image_latents = self._encode_condition(pixels, pils, height, width, noise_aug_strength, generator, device)
+        image_embeddings = image_embeddings.repeat_interleave(num_videos_per_prompt, dim=0)  # [B, 1, D]
+        image_latents = image_latents.to(dtype).repeat_interleave(num_videos_per_prompt, dim=0)  # [B, 4, h, w]
+        # The UNet is micro-conditioned on (fps - 1, motion bucket, noise augmentation).
+        time_ids = torch.tensor([[fps - 1, motion_bucket_id, noise_aug_strength]], dtype=dtype, device=device)
+        time_ids = time_ids.repeat(batch_size, 1)  # [B, 3]
+        # [B, 4, h, w] → [B, 4, F, h, w]: the same conditioning latent beside every frame.
+        image_latents = image_latents.unsqueeze(2).expand(-1, -1, num_frames, -1, -1)
+        cond = {"image_embeddings": image_embeddings, "image_latents": image_latents, "added_time_ids": time_ids}
+        uncond = None
+        if guided:
+            # SVD's unconditional branch: zeroed image embedding and image latents, same time ids.
+            uncond = {**cond, "image_embeddings": torch.zeros_like(image_embeddings), "image_latents": torch.zeros_like(image_latents)}
+
+        plan = self.scheduler.plan(num_inference_steps, sigmas=sigmas, device=device)
+        shape = (batch_size, self.vae.config.latent_channels, num_frames, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        latents = self._initial_latents(shape, latents, generator, device, dtype) * plan.init_noise_sigma
+        guidance = FrameRampGuidance(min_guidance_scale, max_guidance_scale, num_frames) if guided else NoGuidance()
+
+        latents = sample(
+            self._network,
+            latents,
+            plan,
+            cond,
+            uncond,
+            guidance,
+            on_step=self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs),
+            progress=lambda steps: self.progress_bar(steps, total=len(plan.timesteps), desc="denoising"),
+        )
+        if output_type == "latent":
+            frames = latents
+        else:
+            frames = frames_io.videos_to_output(self._decode(latents, decode_chunk_size), output_type)
+        return frames_io.VideoPipelineOutput(frames=frames) if return_dict else (frames,)
+
+    # ------------------------------------------------------------------ steps of __call__
+    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        # x: [B', 4, F, h, w] scaled noisy latents; the conditioning latents ride along as 4 more channels.
+        sample_in = torch.cat([x, cond["image_latents"]], dim=1)
+        return self.unet(sample_in, timestep, cond["image_embeddings"], cond["added_time_ids"])
+
+    def _encode_clip(self, pixels: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """[N, 3, H0, W0] in [0, 1] → CLIP image embeddings [N, 1, D]."""
+        clip_input = self.feature_extractor.svd_clip_input(pixels)  # [N, 3, 224, 224], normalised
+        embeds = self.image_encoder(clip_input.to(device=device, dtype=dtype))
+        return embeds.unsqueeze(1)
+
+    def _encode_condition(self, pixels, pils, height, width, noise_aug_strength, generator, device) -> torch.Tensor:
+        """The noise-augmented conditioning image → VAE latent mode [N, 4, h, w] (unscaled, as SVD was trained)."""
+        image = frames_io.resize_images(pixels, pils, height, width).to(device) * 2.0 - 1.0  # [-1, 1]
+        # First draw of the run: the augmentation noise, shaped like the image batch (diffusers' order).
+        image = image + noise_aug_strength * randn(image.shape, generator, device=device, dtype=image.dtype)
+        # fp16 VAEs marked force_upcast overflow when encoding: encode in float32, then restore.
+        upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+        vae_dtype = self.vae.dtype
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            return self.vae.encode(image.to(self.vae.dtype)).mode()
+        finally:
+            if upcast:
+                self.vae.to(vae_dtype)
+
+    def _initial_latents(self, shape, latents, generator, device, dtype) -> torch.Tensor:
+        if latents is not None:
+            if tuple(latents.shape) != tuple(shape):
+                raise ValueError(f"`latents` must have shape [B, C, F, H/8, W/8] = {list(shape)}, got {list(latents.shape)}")
+            return latents.to(device=device, dtype=dtype)
+        batch, channels, num_frames, h, w = shape
+        # diffusers draws [B, F, C, h, w]; draw the same numbers, then move to vidiff's layout.
+        noise = randn((batch, num_frames, channels, h, w), generator, device=device, dtype=dtype)
+        return noise.permute(0, 2, 1, 3, 4)
+
+    def _decode(self, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """[B, 4, F, h, w] → [B, 3, F, H, W] in [-1, 1], ``chunk_size`` frames per decoder call.
+
+        Like diffusers, the frames of all videos are decoded as one sequence cut into chunks, and each
+        chunk is one temporal window of the decoder.
+        """
+        batch, _, num_frames = latents.shape[:3]
+        flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / self.vae.config.scaling_factor  # [B·F, 4, h, w]
+        flat = flat.to(self.vae.dtype)
+        starts = range(0, flat.shape[0], chunk_size)
+        pieces = [
+            self.vae.decode(flat[i : i + chunk_size], num_frames=flat[i : i + chunk_size].shape[0])
+            for i in self.progress_bar(starts, total=len(starts), desc="decoding")
+        ]
+        frames = torch.cat(pieces).float()  # [B·F, 3, H, W]
+        return frames.unflatten(0, (batch, num_frames)).permute(0, 2, 1, 3, 4)
+
+    def _step_callback(self, callback, tensor_inputs):
+        if callback is None:
+            return None
+
+        def on_step(index: int, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
+            outputs = callback(self, index, timestep, {name: latents for name in tensor_inputs}) or {}
+            return outputs.get("latents")
+
+        return on_step
+
+    @staticmethod
+    def _check_arguments(height, width, num_frames, steps, min_scale, max_scale, chunk, videos, output_type, tensor_inputs) -> None:
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % 8:
+                raise ValueError(f"`{name}` must be a positive multiple of 8, got {value!r}")
+        for name, value in (("num_frames", num_frames), ("num_inference_steps", steps),
+                            ("decode_chunk_size", chunk), ("num_videos_per_prompt", videos)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer ≥ 1, got {value!r}")
+        if min_scale < 0 or max_scale < 0:
+            raise ValueError(f"guidance scales must be ≥ 0, got min_guidance_scale={min_scale}, max_guidance_scale={max_scale}")
+        if min_scale > max_scale:
+            raise ValueError(f"`min_guidance_scale` ({min_scale}) must not exceed `max_guidance_scale` ({max_scale})")
+        frames_io.check_output_type(output_type)
+        bad = sorted(set(tensor_inputs) - set(CALLBACK_TENSOR_INPUTS))
+        if bad:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {list(CALLBACK_TENSOR_INPUTS)}, got {bad}")
