@@ -1,0 +1,70 @@
+"""The spatial transformer block: pre-norm self-attention, cross-attention and feed-forward."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import Attention, FeedForward
+
+
+class BasicTransformerBlock(nn.Module):
+    """LayerNorm'd self-attention (``attn1``), cross-attention (``attn2``) and MLP (``ff``), each residual.
+
+    Works on token sequences ``[N, L, dim]``. Without ``cross_attention_dim`` the block has no
+    ``attn2``/``norm2`` unless ``double_self_attention`` asks for a second self-attention.
+    ``only_cross_attention`` makes ``attn1`` attend to the context as well.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_attention_heads: int,
+        attention_head_dim: int,
+        cross_attention_dim: int | None = None,
+        activation_fn: str = "geglu",
+        attention_bias: bool = False,
+        only_cross_attention: bool = False,
+        double_self_attention: bool = False,
+        norm_elementwise_affine: bool = True,
+        norm_eps: float = 1e-5,
+        ff_inner_dim: int | None = None,
+        ff_bias: bool = True,
+        attention_out_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.only_cross_attention = only_cross_attention
+
+        def attention(context_dim: int | None) -> Attention:
+            return Attention(
+                dim,
+                cross_attention_dim=context_dim,
+                heads=num_attention_heads,
+                dim_head=attention_head_dim,
+                bias=attention_bias,
+                out_bias=attention_out_bias,
+            )
+
+        def layer_norm() -> nn.LayerNorm:
+            return nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+
+        self.norm1 = layer_norm()
+        self.attn1 = attention(cross_attention_dim if only_cross_attention else None)
+        if cross_attention_dim is not None or double_self_attention:
+            self.norm2 = layer_norm()
+            self.attn2 = attention(None if double_self_attention else cross_attention_dim)
+        else:
+            self.norm2 = None
+            self.attn2 = None
+        self.norm3 = layer_norm()
+        self.ff = FeedForward(dim, activation_fn=activation_fn, inner_dim=ff_inner_dim, bias=ff_bias)
+
+    def forward(
+        self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[N, L, dim]`` with context ``[N, L_ctx, cross_attention_dim]`` → ``[N, L, dim]``."""
+        self_context = encoder_hidden_states if self.only_cross_attention else None
+        hidden_states = hidden_states + self.attn1(self.norm1(hidden_states), self_context)
+        if self.attn2 is not None:
+            hidden_states = hidden_states + self.attn2(self.norm2(hidden_states), encoder_hidden_states)
+        return hidden_states + self.ff(self.norm3(hidden_states))

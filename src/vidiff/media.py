@@ -1,0 +1,394 @@
+"""Media IO, the only place vidiff reads or writes pictures: images in; mp4, gif and png out.
+
+Every exporter takes the same video forms (see :data:`VideoFrames`) and turns them into one list of
+``uint8`` ``[H, W, 3]`` RGB arrays with :func:`frames_as_uint8`. Every file is written atomically:
+the encoder writes a hidden temporary file in the target's folder, which is renamed onto the target
+only once it is complete, so a failure never leaves a half-written file nor harms an existing one.
+
+PyAV (FFmpeg) encodes mp4 and gif; Pillow reads images, quantizes gif palettes and writes png.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import secrets
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
+from fractions import Fraction
+from typing import Any, Union
+
+import av
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+# A video: a sequence of frames (PIL images, [H, W, 3] arrays or tensors), an array or tensor
+# [F, H, W, 3], or a batch holding exactly one such video ([1, F, H, W, 3], [frames]).
+VideoFrames = Any
+
+_URL_PREFIXES = ("http://", "https://")
+_VIDEO_FORMS = (
+    "a list of PIL images or [H, W, 3] arrays/tensors, an array or tensor [F, H, W, 3] "
+    "(uint8 in [0, 255] or float in [0, 1]), or a batch holding one such video"
+)
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+def load_image(image: PathLike | PIL.Image.Image, *, timeout: float = 10.0) -> PIL.Image.Image:
+    """Load an image from a file path, an ``http(s)://`` URL or a PIL image, as an RGB image.
+
+    The EXIF orientation tag is applied (a phone photo comes back upright). Any mode is converted
+    with ``Image.convert("RGB")``, as diffusers does: an alpha channel is dropped, not composited.
+    ``timeout`` (seconds) bounds each network operation of a URL download.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file or download is not a readable image.
+        OSError: the URL could not be fetched (``TimeoutError`` when it timed out).
+        TypeError: ``image`` is none of the accepted types.
+    """
+    if isinstance(image, PIL.Image.Image):
+        opened = image
+    elif isinstance(image, (str, os.PathLike)):
+        location = os.fsdecode(image)
+        if location.startswith(_URL_PREFIXES):
+            opened = _open_image(io.BytesIO(_download(location, timeout)), f"the download of {location}")
+        else:
+            opened = _open_image(location, repr(location))
+    else:
+        raise TypeError(
+            "load_image: `image` must be a file path (str or os.PathLike), an http(s):// URL or a "
+            f"PIL.Image.Image; got {type(image).__name__}"
+        )
+    return PIL.ImageOps.exif_transpose(opened).convert("RGB")
+
+
+def _open_image(source: str | io.BytesIO, description: str) -> PIL.Image.Image:
+    """Open and fully decode an image, so decode errors surface here and no file stays open."""
+    try:
+        with PIL.Image.open(source) as opened:
+            opened.load()
+            # exif_transpose copies, so the result outlives the closed file.
+            return PIL.ImageOps.exif_transpose(opened)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"load_image: no image file at {description}") from error
+    except IsADirectoryError as error:
+        raise ValueError(f"load_image: {description} is a folder, not an image file") from error
+    except PermissionError:
+        raise
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError) as error:
+        # Pillow reports unknown formats as UnidentifiedImageError and truncated data as OSError.
+        raise ValueError(f"load_image: {description} is not a readable image ({error})") from error
+
+
+def _download(url: str, timeout: float) -> bytes:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"load_image: `timeout` must be a positive number of seconds; got {timeout!r}")
+    request = urllib.request.Request(url, headers={"User-Agent": "vidiff"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        raise OSError(f"load_image: could not fetch {url}: HTTP {error.code} {error.reason}") from error
+    except (urllib.error.URLError, OSError) as error:
+        # A connect timeout arrives wrapped in URLError, a read timeout bare.
+        cause = getattr(error, "reason", error)
+        if isinstance(cause, TimeoutError) or isinstance(error, TimeoutError):
+            raise TimeoutError(f"load_image: fetching {url} timed out after {timeout} s") from error
+        raise OSError(f"load_image: could not fetch {url}: {cause}") from error
+
+
+def load_video(path: PathLike) -> list[PIL.Image.Image]:
+    """Decode every frame of the first video stream of a file (mp4, gif, …) as RGB PIL images."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_video: `path` must be a str or os.PathLike; got {type(path).__name__}")
+    location = os.fsdecode(path)
+    if not os.path.isfile(location):
+        raise FileNotFoundError(f"load_video: no video file at {location!r}")
+    try:
+        with av.open(location) as container:
+            if not container.streams.video:
+                raise ValueError(f"load_video: {location!r} holds no video stream")
+            return [frame.to_image() for frame in container.decode(video=0)]
+    except av.FFmpegError as error:
+        raise ValueError(f"load_video: {location!r} is not a readable video ({error})") from error
+
+
+# ------------------------------------------------------------------------- frames to uint8 arrays
+
+
+def frames_as_uint8(video_frames: VideoFrames, argument: str = "video_frames") -> list[np.ndarray]:
+    """Turn any accepted video form into a list of ``uint8`` ``[H, W, 3]`` RGB arrays.
+
+    Floats are taken as [0, 1]: values outside are clipped, then scaled by 255 and rounded to the
+    nearest integer (as diffusers does when it makes PIL images). PIL images of any mode are
+    converted to RGB. A batch of exactly one video is unwrapped; more than one is an error.
+    ``argument`` names the caller's parameter in error messages.
+    """
+    frames = [_frame_as_uint8(frame, index, argument) for index, frame in enumerate(_one_video(video_frames, argument))]
+    if not frames:
+        raise ValueError(f"`{argument}` holds no frames; pass at least one")
+    height, width = frames[0].shape[:2]
+    for index, frame in enumerate(frames):
+        if frame.shape[:2] != (height, width):
+            raise ValueError(
+                f"all frames of `{argument}` must have the same size; frame 0 is {width}x{height} "
+                f"(WxH) but frame {index} is {frame.shape[1]}x{frame.shape[0]}"
+            )
+    return frames
+
+
+def _one_video(video_frames: VideoFrames, argument: str) -> Sequence[Any]:
+    """Return the frames of the single video in ``video_frames``, unwrapping a batch of one."""
+    if isinstance(video_frames, torch.Tensor):
+        video_frames = _tensor_as_numpy(video_frames)
+    if isinstance(video_frames, np.ndarray):
+        if video_frames.ndim == 5:
+            return _one_video(_only_video(video_frames, argument), argument)
+        if video_frames.ndim != 4:
+            raise ValueError(
+                f"`{argument}` as an array must be [F, H, W, 3] frames (or a batch [1, F, H, W, 3]); "
+                f"got shape {tuple(video_frames.shape)} (for a single image use array[None])"
+            )
+        return list(video_frames)
+    if isinstance(video_frames, (list, tuple)):
+        if any(_is_video(item) for item in video_frames):
+            return _one_video(_only_video(video_frames, argument), argument)
+        return video_frames
+    raise TypeError(f"`{argument}` must be {_VIDEO_FORMS}; got {type(video_frames).__name__}")
+
+
+def _is_video(item: Any) -> bool:
+    # A whole video inside a list means the list is a batch of videos (diffusers' `.frames`).
+    return isinstance(item, (list, tuple)) or (isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4)
+
+
+def _only_video(batch: Sequence[Any], argument: str) -> Any:
+    if len(batch) != 1:
+        raise ValueError(
+            f"`{argument}` is a batch of {len(batch)} videos; pass one video, e.g. `frames[0]`"
+        )
+    return batch[0]
+
+
+def _tensor_as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    # numpy has no bfloat16; float32 holds every half-precision value exactly.
+    return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+
+
+def _frame_as_uint8(frame: Any, index: int, argument: str) -> np.ndarray:
+    if isinstance(frame, PIL.Image.Image):
+        return np.asarray(frame.convert("RGB"))
+    if isinstance(frame, torch.Tensor):
+        frame = _tensor_as_numpy(frame)
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(
+            f"frame {index} of `{argument}` is a {type(frame).__name__}; `{argument}` must be {_VIDEO_FORMS}"
+        )
+    if frame.ndim != 3 or frame.shape[-1] != 3:
+        hint = " (channels first? move the channel axis last)" if frame.ndim == 3 and frame.shape[0] == 3 else ""
+        raise ValueError(
+            f"frame {index} of `{argument}` must be [H, W, 3] RGB; got shape {tuple(frame.shape)}{hint}"
+        )
+    if frame.dtype == np.uint8:
+        return frame
+    if not np.issubdtype(frame.dtype, np.floating):
+        raise TypeError(
+            f"frame {index} of `{argument}` has dtype {frame.dtype}; use uint8 in [0, 255] or float in [0, 1]"
+        )
+    if not np.isfinite(frame).all():
+        raise ValueError(
+            f"frame {index} of `{argument}` contains NaN or infinity (a float16 VAE overflow? decode in float32)"
+        )
+    return np.round(np.clip(frame, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------- exporting
+
+
+def export_to_video(
+    video_frames: VideoFrames,
+    output_video_path: PathLike | None = None,
+    fps: int | float = 10,
+    *,
+    quality: float | None = 5.0,
+    crf: int | None = None,
+) -> str:
+    """Write an H.264 (libx264, yuv420p) mp4 and return its path.
+
+    Args:
+        video_frames: one video in any form :func:`frames_as_uint8` accepts (floats in [0, 1] are
+            clipped). yuv420p needs even sizes, so an odd width or height is padded by repeating the
+            last pixel column or row once.
+        output_video_path: target file; its folder must exist. ``None`` writes a new temporary
+            ``.mp4`` file. The file is always an mp4, whatever the extension.
+        fps: frames per second, stored as an exact fraction (7 reads back as 7, 29.97 as 2997/100).
+        quality: 0 (worst) to 10 (best), imageio's scale used by diffusers: CRF =
+            ``int((1 - quality / 10) * 51)``, so the default 5 gives CRF 25. ``None`` keeps x264's default.
+        crf: x264 constant rate factor (0 lossless luma to 51 worst); overrides ``quality``.
+    """
+    frames = [_pad_to_even(frame) for frame in frames_as_uint8(video_frames, "video_frames")]
+    rate = _frame_rate(fps, "export_to_video")
+    codec_options = _x264_options(quality, crf)
+    target = _output_path(output_video_path, ".mp4", "output_video_path")
+    height, width = frames[0].shape[:2]
+    with _atomic_write(target) as temporary:
+        with av.open(temporary, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = codec_options
+            _encode(container, stream, (_rgb_frame(frame) for frame in frames))
+    return target
+
+
+def export_to_gif(image: VideoFrames, output_gif_path: PathLike | None = None, fps: int | float = 10) -> str:
+    """Write a looping (``loop=0``) gif and return its path.
+
+    ``image`` takes the same video forms as :func:`export_to_video`. Each frame gets its own
+    adaptive palette of up to 256 colours (Pillow's quantizer, as Pillow's own gif writer uses).
+    GIF stores delays in centiseconds: each frame lasts 1000/fps ms rounded to 10 ms, with the
+    rounding carried over so the whole animation keeps the requested rate (fps 7 → 140, 150, 140 ms…).
+    Every frame is kept, identical consecutive ones included; Pillow's gif writer would merge those
+    into one longer frame, which is why FFmpeg's gif encoder (through PyAV) writes the file.
+    """
+    frames = frames_as_uint8(image, "image")
+    rate = _frame_rate(fps, "export_to_gif")
+    if rate > 100:
+        raise ValueError(f"export_to_gif: GIF delays are whole centiseconds, so `fps` must be at most 100; got {fps}")
+    target = _output_path(output_gif_path, ".gif", "output_gif_path")
+    height, width = frames[0].shape[:2]
+    with _atomic_write(target) as temporary:
+        with av.open(temporary, mode="w", format="gif", options={"loop": "0"}) as container:
+            stream = container.add_stream("gif", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "pal8"
+            _encode(container, stream, (_palette_frame(frame) for frame in frames))
+    return target
+
+
+def export_to_frames(frames: VideoFrames, folder: PathLike) -> list[str]:
+    """Write each frame as ``frame_0000.png``, ``frame_0001.png``… in ``folder``; return the paths.
+
+    ``folder`` is created if missing (its parent must exist). Each png is written atomically.
+    """
+    arrays = frames_as_uint8(frames, "frames")
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"export_to_frames: `folder` must be a str or os.PathLike; got {type(folder).__name__}")
+    location = os.fsdecode(folder)
+    if not os.path.isdir(location):
+        _require_parent_folder(location, "folder")
+        os.mkdir(location)
+    paths = []
+    for index, array in enumerate(arrays):
+        target = os.path.join(location, f"frame_{index:04d}.png")
+        with _atomic_write(target) as temporary:
+            PIL.Image.fromarray(array).save(temporary, format="PNG")
+        paths.append(target)
+    return paths
+
+
+# ------------------------------------------------------------------------------ encoding helpers
+
+
+def _frame_rate(fps: int | float, caller: str) -> Fraction:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)):
+        raise TypeError(f"{caller}: `fps` must be a number of frames per second; got {type(fps).__name__}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"{caller}: `fps` must be a positive, finite number of frames per second; got {fps}")
+    # A denominator up to 1001 keeps NTSC rates (30000/1001) exact and turns 7.0 into 7/1.
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _x264_options(quality: float | None, crf: int | None) -> dict[str, str]:
+    if crf is not None:
+        if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
+            raise ValueError(f"export_to_video: `crf` must be an integer from 0 to 51; got {crf!r}")
+        return {"crf": str(crf)}
+    if quality is None:
+        return {}
+    if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not 0 <= quality <= 10:
+        raise ValueError(f"export_to_video: `quality` must be a number from 0 to 10 (or None); got {quality!r}")
+    # imageio-ffmpeg's mapping, so diffusers' `quality` values give the same files' quality.
+    return {"crf": str(int((1 - quality / 10) * 51))}
+
+
+def _pad_to_even(frame: np.ndarray) -> np.ndarray:
+    # yuv420p stores chroma at half resolution in both axes, so H and W must be even.
+    height, width = frame.shape[:2]
+    if height % 2 == 0 and width % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+def _rgb_frame(frame: np.ndarray) -> av.VideoFrame:
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+
+
+def _palette_frame(frame: np.ndarray) -> av.VideoFrame:
+    """Quantize an RGB frame to at most 256 colours, as a pal8 frame for the gif encoder."""
+    quantized = PIL.Image.fromarray(frame).convert("P", palette=PIL.Image.Palette.ADAPTIVE)
+    colours = np.asarray(quantized.getpalette("RGB"), dtype=np.uint8).reshape(-1, 3)
+    palette = np.zeros((256, 4), dtype=np.uint8)  # [256, ARGB], the layout PyAV's pal8 expects
+    palette[:, 0] = 255
+    palette[: len(colours), 1:] = colours
+    return av.VideoFrame.from_ndarray((np.asarray(quantized), palette), format="pal8")
+
+
+def _encode(container: Any, stream: Any, frames: Iterable[av.VideoFrame]) -> None:
+    """Encode frames at one tick of the stream's rate each, then flush the encoder."""
+    for index, frame in enumerate(frames):
+        frame.pts = index  # in units of 1/fps: the stream's time base is 1/rate
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+# ------------------------------------------------------------------------------------ file writing
+
+
+def _output_path(path: PathLike | None, suffix: str, argument: str) -> str:
+    """Check an output path (or make a new temporary file when it is None) and return it as str."""
+    if path is None:
+        handle, created = tempfile.mkstemp(suffix=suffix, prefix="vidiff-")
+        os.close(handle)
+        return created
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`{argument}` must be a str, os.PathLike or None; got {type(path).__name__}")
+    location = os.fsdecode(path)
+    if os.path.isdir(location):
+        raise ValueError(f"`{argument}` {location!r} is a folder; pass a file path inside it")
+    _require_parent_folder(location, argument)
+    return location
+
+
+def _require_parent_folder(location: str, argument: str) -> None:
+    parent = os.path.dirname(os.path.abspath(location))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"the folder of `{argument}` {location!r} does not exist: {parent!r}; create it first")
+
+
+@contextlib.contextmanager
+def _atomic_write(target: str) -> Iterator[str]:
+    """Yield a temporary path beside ``target``; move it onto ``target`` only if the block succeeds.
+
+    The temporary name keeps the target's extension (``.clip.mp4.tmp-1a2b3c4d.mp4``) so tools that
+    look at extensions still recognise it; on any exception it is deleted and ``target`` untouched.
+    """
+    folder, name = os.path.split(target)
+    extension = os.path.splitext(name)[1]
+    temporary = os.path.join(folder, f".{name}.tmp-{secrets.token_hex(4)}{extension}")
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise

@@ -1,0 +1,251 @@
+"""Weight files of one component in the diffusers layout: their names, which to read, how to write.
+
+Names (``W`` is the weights stem, "diffusion_pytorch_model" for diffusers models, "model" for
+transformers ones; ``v`` a variant such as "fp16"):
+
+- single file:  ``W.safetensors``                 variant ``W.v.safetensors``
+- sharded:      ``W.safetensors.index.json``      variant ``W.safetensors.index.v.json``; the index's
+  ``weight_map`` names the shards (``W-00001-of-00002.safetensors``, variant
+  ``W.v-00001-of-00002.safetensors``; older transformers wrote ``W-00001-of-00002.v.safetensors``),
+  so shards are always found through the index, never by guessing names.
+- pickles (``.bin``, sharded via ``W.bin.index.json``, ``.pt``, ``.ckpt``) are read only when the chosen
+  variant has no safetensors, and only through ``torch.load(weights_only=True)``.
+
+This module touches the file system only through the paths it is given; finding files in a folder or a
+Hub repo is :mod:`vidiff.loading`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+logger = logging.getLogger(__name__)
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt")
+
+
+def check_variant(variant: str | None) -> None:
+    """Reject variants that cannot be part of a file name (``None`` means the default weights)."""
+    if variant is None:
+        return
+    if not isinstance(variant, str):
+        raise TypeError(f"variant must be a str such as 'fp16' or None, got {type(variant).__name__}")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", variant):
+        raise ValueError(f"variant must be letters, digits or '_' (e.g. 'fp16'), got {variant!r}")
+
+
+def _with_variant(stem: str, variant: str | None) -> str:
+    return stem if variant is None else f"{stem}.{variant}"
+
+
+def candidates(weights_name: str, variant: str | None) -> list[str]:
+    """File names that hold one variant's weights, most preferred first (safetensors before pickles)."""
+    tail = "" if variant is None else f".{variant}"
+    named = _with_variant(weights_name, variant)
+    return [
+        f"{named}.safetensors",
+        f"{weights_name}.safetensors.index{tail}.json",
+        f"{named}.bin",
+        f"{weights_name}.bin.index{tail}.json",
+        f"{named}.pt",
+        f"{named}.ckpt",
+    ]
+
+
+def variants_present(names: Iterable[str], weights_name: str) -> list[str]:
+    """Variants whose single-file or index weights appear in ``names`` (sorted)."""
+    stem = re.escape(weights_name)
+    single = re.compile(rf"{stem}\.([A-Za-z0-9_]+)\.(?:safetensors|bin|pt|ckpt)")
+    index = re.compile(rf"{stem}\.(?:safetensors|bin)\.index\.([A-Za-z0-9_]+)\.json")
+    found = {m.group(1) for n in names for m in (single.fullmatch(n), index.fullmatch(n)) if m}
+    return sorted(found)
+
+
+def choose(names: Iterable[str], weights_name: str, variant: str | None, where: str) -> str:
+    """Pick the file (single weights file or shard index) to read among the file names of a folder.
+
+    ``where`` describes the folder for messages. A requested variant that this component lacks falls
+    back to the default weights with a warning (pipelines ship fp16 files for some components only).
+    """
+    available = set(names)
+    wanted = next((n for n in candidates(weights_name, variant) if n in available), None)
+    if wanted is not None:
+        return wanted
+    default = next((n for n in candidates(weights_name, None) if n in available), None)
+    if variant is not None and default is not None:
+        logger.warning(
+            "%s has no %r variant of its weights (%s); loading %s instead.",
+            where, variant, _with_variant(weights_name, variant) + ".safetensors", default,
+        )
+        return default
+    others = variants_present(available, weights_name)
+    listing = ", ".join(sorted(available)) or "no files"
+    if others:
+        raise FileNotFoundError(
+            f"{where} has no {'default' if variant is None else repr(variant)} weights "
+            f"({candidates(weights_name, variant)[0]}), only variant weights; found: {listing}. "
+            f"Pass variant={others[0]!r} (variants present: {', '.join(others)})."
+        )
+    raise FileNotFoundError(
+        f"{where} has no weights: expected {weights_name}.safetensors or a sharded "
+        f"{weights_name}.safetensors.index.json (with a variant: {weights_name}.<variant>.safetensors); "
+        f"found: {listing}."
+    )
+
+
+def is_index(file_name: str) -> bool:
+    return file_name.endswith(".json")
+
+
+def shard_names(index: Mapping[str, Any], index_name: str) -> dict[str, str]:
+    """The ``weight_map`` (tensor key -> shard file name) of a shard index, validated."""
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise ValueError(f"{index_name} has no valid 'weight_map' (a mapping of tensor names to shard files)")
+    for shard in set(weight_map.values()):
+        if "/" in shard or "\\" in shard or shard.startswith("."):
+            raise ValueError(f"{index_name} names a shard outside its folder: {shard!r}")
+    return weight_map
+
+
+def read(path: Path) -> dict[str, torch.Tensor]:
+    """Read one weights file onto the CPU: safetensors, or a pickle through ``weights_only`` loading."""
+    if path.name.endswith(_PICKLE_SUFFIXES):
+        return _read_pickle(path)
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except safetensors.SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"Refusing to load {path}: it holds objects other than tensors, and vidiff only unpickles "
+            "plain tensors (torch.load(weights_only=True)) because a pickle can run arbitrary code. "
+            "Convert the file to safetensors with a tool you trust."
+        ) from error
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise ValueError(f"{path} does not hold a flat state dict (a mapping of names to tensors)")
+    return dict(loaded)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temp_path)`` on a temporary name beside ``path``, then rename it onto ``path``.
+
+    The rename is atomic on one file system, so readers see the old file or the complete new one.
+    """
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON (sorted keys, indent 2, trailing newline), atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    atomic_write(Path(path), lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def _savable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors of which no two share storage (safetensors refuses shared storage)."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen_storages: set[int] = set()
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state_dict[{key!r}] is a {type(value).__name__}, not a tensor")
+        if value.is_meta:
+            raise ValueError(f"state_dict[{key!r}] is on the meta device (no data): load weights first")
+        tensor = value.detach().to("cpu").contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in seen_storages:
+            tensor = tensor.clone()  # tied / aliased tensors: save a private copy of each
+        elif tensor.numel() > 0:
+            seen_storages.add(pointer)
+        tensors[key] = tensor
+    return tensors
+
+
+def _split(tensors: dict[str, torch.Tensor], max_shard_size: int) -> list[list[str]]:
+    """Greedy split in state-dict order; a tensor larger than the limit gets a shard of its own."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for key, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(key)
+        size += nbytes
+    return shards
+
+
+def save_weights(
+    folder: Path,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    weights_name: str,
+    variant: str | None = None,
+    max_shard_size: int | None = None,
+) -> list[str]:
+    """Write safetensors weights (sharded with an index above ``max_shard_size`` bytes) into ``folder``.
+
+    Earlier weight files of the same name and variant that this save does not rewrite are removed, so a
+    folder never holds both a stale index and a fresh single file. Returns the file names written.
+    """
+    check_variant(variant)
+    if max_shard_size is not None and (isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int)):
+        raise TypeError(f"max_shard_size must be an int number of bytes or None, got {max_shard_size!r}")
+    if max_shard_size is not None and max_shard_size <= 0:
+        raise ValueError(f"max_shard_size must be a positive number of bytes, got {max_shard_size}")
+    tensors = _savable(state_dict)
+    groups = [list(tensors)] if max_shard_size is None else _split(tensors, max_shard_size)
+    named = _with_variant(weights_name, variant)
+    if len(groups) == 1:
+        files = {f"{named}.safetensors": groups[0]}
+    else:
+        files = {f"{named}-{i:05d}-of-{len(groups):05d}.safetensors": g for i, g in enumerate(groups, 1)}
+    for file_name, keys in files.items():
+        shard = {key: tensors[key] for key in keys}
+        atomic_write(
+            folder / file_name,
+            lambda temp, shard=shard: safetensors.torch.save_file(shard, str(temp), metadata={"format": "pt"}),
+        )
+    written = list(files)
+    if len(files) > 1:
+        index_name = candidates(weights_name, variant)[1]
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map = {key: file_name for file_name, keys in files.items() for key in keys}
+        write_json(folder / index_name, {"metadata": {"total_size": total}, "weight_map": weight_map})
+        written.append(index_name)
+    _remove_stale(folder, weights_name, variant, keep=set(written))
+    return written
+
+
+def _remove_stale(folder: Path, weights_name: str, variant: str | None, keep: set[str]) -> None:
+    named = re.escape(_with_variant(weights_name, variant))
+    shard = re.compile(rf"{named}-\d{{5}}-of-\d{{5}}\.safetensors")
+    family = set(candidates(weights_name, variant)[:2])
+    for path in folder.iterdir():
+        if path.name not in keep and path.is_file() and (path.name in family or shard.fullmatch(path.name)):
+            path.unlink()
