@@ -1,18 +1,19 @@
 """Media IO, the only place vidiff reads or writes pictures: images in; mp4, gif and png out.
 
-Every exporter takes the same video forms (see :data:`VideoFrames`) and turns them into one list of
-``uint8`` ``[H, W, 3]`` RGB arrays with :func:`frames_as_uint8`. Every file is written atomically:
-the encoder writes a hidden temporary file in the target's folder, which is renamed onto the target
-only once it is complete, so a failure never leaves a half-written file nor harms an existing one.
-
-PyAV (FFmpeg) encodes mp4 and gif; Pillow reads images, quantizes gif palettes and writes png.
+All exporters accept the same video forms and turn them into ``uint8`` ``[H, W, 3]`` RGB arrays
+with :func:`frames_as_uint8`. Files are written atomically: the encoder writes a hidden temporary
+file beside the target, renamed onto it only once complete, so a failure never leaves a
+half-written file nor harms an existing one. PyAV (FFmpeg) encodes mp4 and gif; Pillow reads
+images, quantizes gif palettes and writes png.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import math
+import numbers
 import os
 import secrets
 import tempfile
@@ -20,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
-from typing import Any, Union
+from typing import Any
 
 import av
 import numpy as np
@@ -28,7 +29,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = str | os.PathLike
 # A video: a sequence of frames (PIL images, [H, W, 3] arrays or tensors), an array or tensor
 # [F, H, W, 3], or a batch holding exactly one such video ([1, F, H, W, 3], [frames]).
 VideoFrames = Any
@@ -56,12 +57,17 @@ def load_image(image: PathLike | PIL.Image.Image, *, timeout: float = 10.0) -> P
         OSError: the URL could not be fetched (``TimeoutError`` when it timed out).
         TypeError: ``image`` is none of the accepted types.
     """
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"load_image: `timeout` must be a number of seconds; got {timeout!r}")
+    if not timeout > 0:
+        raise ValueError(f"load_image: `timeout` must be positive seconds; got {timeout!r}")
     if isinstance(image, PIL.Image.Image):
         opened = image
     elif isinstance(image, (str, os.PathLike)):
         location = os.fsdecode(image)
         if location.startswith(_URL_PREFIXES):
-            opened = _open_image(io.BytesIO(_download(location, timeout)), f"the download of {location}")
+            downloaded = io.BytesIO(_download(location, timeout))
+            opened = _open_image(downloaded, f"the download of {location}")
         else:
             opened = _open_image(location, repr(location))
     else:
@@ -77,8 +83,7 @@ def _open_image(source: str | io.BytesIO, description: str) -> PIL.Image.Image:
     try:
         with PIL.Image.open(source) as opened:
             opened.load()
-            # exif_transpose copies, so the result outlives the closed file.
-            return PIL.ImageOps.exif_transpose(opened)
+            return opened.copy()  # outlives the closed file; keeps `info`, hence the EXIF tag
     except FileNotFoundError as error:
         raise FileNotFoundError(f"load_image: no image file at {description}") from error
     except IsADirectoryError as error:
@@ -91,15 +96,14 @@ def _open_image(source: str | io.BytesIO, description: str) -> PIL.Image.Image:
 
 
 def _download(url: str, timeout: float) -> bytes:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"load_image: `timeout` must be a positive number of seconds; got {timeout!r}")
     request = urllib.request.Request(url, headers={"User-Agent": "vidiff"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read()
     except urllib.error.HTTPError as error:
-        raise OSError(f"load_image: could not fetch {url}: HTTP {error.code} {error.reason}") from error
-    except (urllib.error.URLError, OSError) as error:
+        cause = f"HTTP {error.code} {error.reason}"
+        raise OSError(f"load_image: could not fetch {url}: {cause}") from error
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         # A connect timeout arrives wrapped in URLError, a read timeout bare.
         cause = getattr(error, "reason", error)
         if isinstance(cause, TimeoutError) or isinstance(error, TimeoutError):
@@ -109,9 +113,7 @@ def _download(url: str, timeout: float) -> bytes:
 
 def load_video(path: PathLike) -> list[PIL.Image.Image]:
     """Decode every frame of the first video stream of a file (mp4, gif, …) as RGB PIL images."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"load_video: `path` must be a str or os.PathLike; got {type(path).__name__}")
-    location = os.fsdecode(path)
+    location = _path_text(path, "path")
     if not os.path.isfile(location):
         raise FileNotFoundError(f"load_video: no video file at {location!r}")
     try:
@@ -119,7 +121,7 @@ def load_video(path: PathLike) -> list[PIL.Image.Image]:
             if not container.streams.video:
                 raise ValueError(f"load_video: {location!r} holds no video stream")
             return [frame.to_image() for frame in container.decode(video=0)]
-    except av.FFmpegError as error:
+    except av.error.FFmpegError as error:
         raise ValueError(f"load_video: {location!r} is not a readable video ({error})") from error
 
 
@@ -134,7 +136,8 @@ def frames_as_uint8(video_frames: VideoFrames, argument: str = "video_frames") -
     converted to RGB. A batch of exactly one video is unwrapped; more than one is an error.
     ``argument`` names the caller's parameter in error messages.
     """
-    frames = [_frame_as_uint8(frame, index, argument) for index, frame in enumerate(_one_video(video_frames, argument))]
+    video = _one_video(video_frames, argument)
+    frames = [_frame_as_uint8(frame, index, argument) for index, frame in enumerate(video)]
     if not frames:
         raise ValueError(f"`{argument}` holds no frames; pass at least one")
     height, width = frames[0].shape[:2]
@@ -156,7 +159,7 @@ def _one_video(video_frames: VideoFrames, argument: str) -> Sequence[Any]:
             return _one_video(_only_video(video_frames, argument), argument)
         if video_frames.ndim != 4:
             raise ValueError(
-                f"`{argument}` as an array must be [F, H, W, 3] frames (or a batch [1, F, H, W, 3]); "
+                f"`{argument}` as an array must be [F, H, W, 3] frames or a batch [1, F, H, W, 3]; "
                 f"got shape {tuple(video_frames.shape)} (for a single image use array[None])"
             )
         return list(video_frames)
@@ -169,7 +172,9 @@ def _one_video(video_frames: VideoFrames, argument: str) -> Sequence[Any]:
 
 def _is_video(item: Any) -> bool:
     # A whole video inside a list means the list is a batch of videos (diffusers' `.frames`).
-    return isinstance(item, (list, tuple)) or (isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4)
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return item.ndim == 4
+    return isinstance(item, (list, tuple))
 
 
 def _only_video(batch: Sequence[Any], argument: str) -> Any:
@@ -193,22 +198,27 @@ def _frame_as_uint8(frame: Any, index: int, argument: str) -> np.ndarray:
         frame = _tensor_as_numpy(frame)
     if not isinstance(frame, np.ndarray):
         raise TypeError(
-            f"frame {index} of `{argument}` is a {type(frame).__name__}; `{argument}` must be {_VIDEO_FORMS}"
+            f"frame {index} of `{argument}` is a {type(frame).__name__}; "
+            f"`{argument}` must be {_VIDEO_FORMS}"
         )
     if frame.ndim != 3 or frame.shape[-1] != 3:
-        hint = " (channels first? move the channel axis last)" if frame.ndim == 3 and frame.shape[0] == 3 else ""
+        channels_first = frame.ndim == 3 and frame.shape[0] == 3
+        hint = " (channels first? move the channel axis last)" if channels_first else ""
         raise ValueError(
-            f"frame {index} of `{argument}` must be [H, W, 3] RGB; got shape {tuple(frame.shape)}{hint}"
+            f"frame {index} of `{argument}` must be [H, W, 3] RGB; "
+            f"got shape {tuple(frame.shape)}{hint}"
         )
     if frame.dtype == np.uint8:
         return frame
     if not np.issubdtype(frame.dtype, np.floating):
         raise TypeError(
-            f"frame {index} of `{argument}` has dtype {frame.dtype}; use uint8 in [0, 255] or float in [0, 1]"
+            f"frame {index} of `{argument}` has dtype {frame.dtype}; "
+            "use uint8 in [0, 255] or float in [0, 1]"
         )
     if not np.isfinite(frame).all():
         raise ValueError(
-            f"frame {index} of `{argument}` contains NaN or infinity (a float16 VAE overflow? decode in float32)"
+            f"frame {index} of `{argument}` contains NaN or infinity "
+            "(a float16 VAE overflow? decode in float32)"
         )
     return np.round(np.clip(frame, 0.0, 1.0) * 255.0).astype(np.uint8)
 
@@ -234,16 +244,19 @@ def export_to_video(
             ``.mp4`` file. The file is always an mp4, whatever the extension.
         fps: frames per second, stored as an exact fraction (7 reads back as 7, 29.97 as 2997/100).
         quality: 0 (worst) to 10 (best), imageio's scale used by diffusers: CRF =
-            ``int((1 - quality / 10) * 51)``, so the default 5 gives CRF 25. ``None`` keeps x264's default.
-        crf: x264 constant rate factor (0 lossless luma to 51 worst); overrides ``quality``.
+            ``int((1 - quality / 10) * 51)``, so the default 5 gives CRF 25; ``None`` keeps x264's
+            default (23).
+        crf: x264 constant rate factor, 0 (lossless yuv420p) to 51 (worst); overrides ``quality``.
     """
     frames = [_pad_to_even(frame) for frame in frames_as_uint8(video_frames, "video_frames")]
     rate = _frame_rate(fps, "export_to_video")
     codec_options = _x264_options(quality, crf)
-    target = _output_path(output_video_path, ".mp4", "output_video_path")
+    target, made_here = _output_path(output_video_path, ".mp4", "output_video_path")
     height, width = frames[0].shape[:2]
-    with _atomic_write(target) as temporary:
-        with av.open(temporary, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+    with _atomic_write(target, discard_target_on_failure=made_here) as temporary:
+        # faststart puts the index first, so browsers can play while downloading.
+        mp4_options = {"movflags": "+faststart"}
+        with av.open(temporary, mode="w", format="mp4", options=mp4_options) as container:
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.options = codec_options
@@ -251,24 +264,31 @@ def export_to_video(
     return target
 
 
-def export_to_gif(image: VideoFrames, output_gif_path: PathLike | None = None, fps: int | float = 10) -> str:
+def export_to_gif(
+    image: VideoFrames, output_gif_path: PathLike | None = None, fps: int | float = 10
+) -> str:
     """Write a looping (``loop=0``) gif and return its path.
 
     ``image`` takes the same video forms as :func:`export_to_video`. Each frame gets its own
     adaptive palette of up to 256 colours (Pillow's quantizer, as Pillow's own gif writer uses).
     GIF stores delays in centiseconds: each frame lasts 1000/fps ms rounded to 10 ms, with the
-    rounding carried over so the whole animation keeps the requested rate (fps 7 → 140, 150, 140 ms…).
+    rounding carried over so the animation keeps the requested rate (fps 7 → 140, 150, 140 ms…).
     Every frame is kept, identical consecutive ones included; Pillow's gif writer would merge those
     into one longer frame, which is why FFmpeg's gif encoder (through PyAV) writes the file.
     """
     frames = frames_as_uint8(image, "image")
     rate = _frame_rate(fps, "export_to_gif")
     if rate > 100:
-        raise ValueError(f"export_to_gif: GIF delays are whole centiseconds, so `fps` must be at most 100; got {fps}")
-    target = _output_path(output_gif_path, ".gif", "output_gif_path")
+        raise ValueError(
+            "export_to_gif: GIF delays are whole centiseconds, so `fps` must be at most 100; "
+            f"got {fps}"
+        )
+    target, made_here = _output_path(output_gif_path, ".gif", "output_gif_path")
     height, width = frames[0].shape[:2]
-    with _atomic_write(target) as temporary:
-        with av.open(temporary, mode="w", format="gif", options={"loop": "0"}) as container:
+    # The muxer times each frame by the next one's start; the last has none, so give it its own.
+    options = {"loop": "0", "final_delay": str(_last_gif_delay(len(frames), rate))}
+    with _atomic_write(target, discard_target_on_failure=made_here) as temporary:
+        with av.open(temporary, mode="w", format="gif", options=options) as container:
             stream = container.add_stream("gif", rate=rate)
             stream.width, stream.height, stream.pix_fmt = width, height, "pal8"
             _encode(container, stream, (_palette_frame(frame) for frame in frames))
@@ -276,14 +296,13 @@ def export_to_gif(image: VideoFrames, output_gif_path: PathLike | None = None, f
 
 
 def export_to_frames(frames: VideoFrames, folder: PathLike) -> list[str]:
-    """Write each frame as ``frame_0000.png``, ``frame_0001.png``… in ``folder``; return the paths.
+    """Write frames as ``frame_0000.png``, ``frame_0001.png``… in ``folder``; return the paths.
 
-    ``folder`` is created if missing (its parent must exist). Each png is written atomically.
+    ``folder`` is created if missing (its parent must exist). Each png is written atomically;
+    a failure part-way keeps the frames already written.
     """
     arrays = frames_as_uint8(frames, "frames")
-    if not isinstance(folder, (str, os.PathLike)):
-        raise TypeError(f"export_to_frames: `folder` must be a str or os.PathLike; got {type(folder).__name__}")
-    location = os.fsdecode(folder)
+    location = _path_text(folder, "folder")
     if not os.path.isdir(location):
         _require_parent_folder(location, "folder")
         os.mkdir(location)
@@ -300,25 +319,34 @@ def export_to_frames(frames: VideoFrames, folder: PathLike) -> list[str]:
 
 
 def _frame_rate(fps: int | float, caller: str) -> Fraction:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)):
-        raise TypeError(f"{caller}: `fps` must be a number of frames per second; got {type(fps).__name__}")
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
+        raise TypeError(f"{caller}: `fps` must be a number; got {type(fps).__name__}")
     if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"{caller}: `fps` must be a positive, finite number of frames per second; got {fps}")
+        raise ValueError(f"{caller}: `fps` must be a positive, finite number; got {fps}")
     # A denominator up to 1001 keeps NTSC rates (30000/1001) exact and turns 7.0 into 7/1.
     return Fraction(fps).limit_denominator(1001)
 
 
 def _x264_options(quality: float | None, crf: int | None) -> dict[str, str]:
     if crf is not None:
-        if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
+        if isinstance(crf, bool) or not isinstance(crf, numbers.Integral) or not 0 <= crf <= 51:
             raise ValueError(f"export_to_video: `crf` must be an integer from 0 to 51; got {crf!r}")
         return {"crf": str(crf)}
     if quality is None:
         return {}
-    if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not 0 <= quality <= 10:
-        raise ValueError(f"export_to_video: `quality` must be a number from 0 to 10 (or None); got {quality!r}")
+    if isinstance(quality, bool) or not isinstance(quality, numbers.Real) or not 0 <= quality <= 10:
+        raise ValueError(
+            f"export_to_video: `quality` must be a number from 0 to 10 (or None); got {quality!r}"
+        )
     # imageio-ffmpeg's mapping, so diffusers' `quality` values give the same files' quality.
     return {"crf": str(int((1 - quality / 10) * 51))}
+
+
+def _last_gif_delay(frame_count: int, rate: Fraction) -> int:
+    """Centiseconds for the last gif frame, so the whole animation lasts frame_count / rate."""
+    # Frame starts in centiseconds, rounded half up as FFmpeg rescales timestamps.
+    starts = [math.floor(100 * n / rate + Fraction(1, 2)) for n in (frame_count - 1, frame_count)]
+    return starts[1] - starts[0]
 
 
 def _pad_to_even(frame: np.ndarray) -> np.ndarray:
@@ -354,33 +382,43 @@ def _encode(container: Any, stream: Any, frames: Iterable[av.VideoFrame]) -> Non
 # ------------------------------------------------------------------------------------ file writing
 
 
-def _output_path(path: PathLike | None, suffix: str, argument: str) -> str:
-    """Check an output path (or make a new temporary file when it is None) and return it as str."""
+def _output_path(path: PathLike | None, suffix: str, argument: str) -> tuple[str, bool]:
+    """Check an output path, or create a new empty temporary file when it is None.
+
+    Returns the path as str and whether this call created the file (so a failed write removes it).
+    """
     if path is None:
         handle, created = tempfile.mkstemp(suffix=suffix, prefix="vidiff-")
         os.close(handle)
-        return created
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`{argument}` must be a str, os.PathLike or None; got {type(path).__name__}")
-    location = os.fsdecode(path)
+        return created, True
+    location = _path_text(path, argument)
     if os.path.isdir(location):
         raise ValueError(f"`{argument}` {location!r} is a folder; pass a file path inside it")
     _require_parent_folder(location, argument)
-    return location
+    return location, False
+
+
+def _path_text(path: PathLike, argument: str) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`{argument}` must be a str or os.PathLike; got {type(path).__name__}")
+    return os.fsdecode(path)
 
 
 def _require_parent_folder(location: str, argument: str) -> None:
     parent = os.path.dirname(os.path.abspath(location))
     if not os.path.isdir(parent):
-        raise FileNotFoundError(f"the folder of `{argument}` {location!r} does not exist: {parent!r}; create it first")
+        raise FileNotFoundError(
+            f"the folder of `{argument}` {location!r} does not exist: {parent!r}; create it first"
+        )
 
 
 @contextlib.contextmanager
-def _atomic_write(target: str) -> Iterator[str]:
+def _atomic_write(target: str, discard_target_on_failure: bool = False) -> Iterator[str]:
     """Yield a temporary path beside ``target``; move it onto ``target`` only if the block succeeds.
 
     The temporary name keeps the target's extension (``.clip.mp4.tmp-1a2b3c4d.mp4``) so tools that
-    look at extensions still recognise it; on any exception it is deleted and ``target`` untouched.
+    look at extensions still recognise it. On any exception it is deleted and ``target`` is left
+    as it was, or removed when ``discard_target_on_failure`` (an empty placeholder made for it).
     """
     folder, name = os.path.split(target)
     extension = os.path.splitext(name)[1]
@@ -389,6 +427,8 @@ def _atomic_write(target: str) -> Iterator[str]:
         yield temporary
         os.replace(temporary, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
+        leftovers = [temporary, target] if discard_target_on_failure else [temporary]
+        for leftover in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
         raise

@@ -200,19 +200,38 @@ def _split(tensors: dict[str, torch.Tensor], max_shard_size: int) -> list[list[s
     return shards
 
 
-def save_weights(
+def save_component(
     folder: Path,
+    config: dict[str, Any],
     state_dict: Mapping[str, torch.Tensor],
     *,
     weights_name: str,
     variant: str | None = None,
     max_shard_size: int | None = None,
-) -> list[str]:
-    """Write safetensors weights (sharded with an index above ``max_shard_size`` bytes) into ``folder``.
+    config_name: str = "config.json",
+) -> None:
+    """Write one component in the diffusers layout: ``config_name`` plus safetensors weights.
 
-    Earlier weight files of the same name and variant that this save does not rewrite are removed, so a
-    folder never holds both a stale index and a fresh single file. Returns the file names written.
+    Above ``max_shard_size`` bytes the weights are split into shards (``W[.variant]-00001-of-0000N``)
+    with an index. Every file is written under a temporary name and renamed, so an interrupted save
+    leaves no half-written file. Earlier weight files of the same name and variant that this save does
+    not rewrite are removed, so a folder never holds both a stale index and a fresh single file.
     """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = _save_weights(folder, state_dict, weights_name, variant, max_shard_size)
+    _remove_stale(folder, weights_name, variant, keep=set(written))
+    write_json(folder / config_name, config)
+
+
+def _save_weights(
+    folder: Path,
+    state_dict: Mapping[str, torch.Tensor],
+    weights_name: str,
+    variant: str | None,
+    max_shard_size: int | None,
+) -> list[str]:
+    """Write the safetensors file(s) and, when sharded, the index; returns the file names written."""
     check_variant(variant)
     if max_shard_size is not None and (isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int)):
         raise TypeError(f"max_shard_size must be an int number of bytes or None, got {max_shard_size!r}")
@@ -238,7 +257,6 @@ def save_weights(
         weight_map = {key: file_name for file_name, keys in files.items() for key in keys}
         write_json(folder / index_name, {"metadata": {"total_size": total}, "weight_map": weight_map})
         written.append(index_name)
-    _remove_stale(folder, weights_name, variant, keep=set(written))
     return written
 
 

@@ -61,10 +61,9 @@ class TransformerSpatioTemporalModel(nn.Module):
         """``hidden_states`` ``[(B·F), C, H, W]``, ``encoder_hidden_states`` ``[(B·F), L, D]``."""
         batch_frames, _, height, width = hidden_states.shape
         batch = batch_frames // num_frames
-        # Temporal context: the first frame's, one copy per pixel → [(B·H·W), L, D]
         context = encoder_hidden_states
-        first_frame_context = context.view(batch, num_frames, *context.shape[1:])[:, 0]
-        time_context = first_frame_context.repeat_interleave(height * width, dim=0)
+        # The temporal blocks see each video's first-frame context: [B, L, D]
+        time_context = context.view(batch, num_frames, *context.shape[1:])[:, 0]
 
         tokens = self.proj_in(images_to_tokens(self.norm(hidden_states)))  # [(B·F), H·W, inner]
         frame_index = torch.arange(num_frames, device=tokens.device).repeat(batch)  # [(B·F)]

@@ -11,12 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .attention import Attention, FeedForward
-from .frames import (
-    frame_sequences_to_tokens,
-    images_to_video,
-    tokens_to_frame_sequences,
-    video_to_images,
-)
+from .frames import frame_sequences_to_tokens, images_to_video, tokens_to_frame_sequences
 from .resnet import ResBlock2D
 
 
@@ -34,11 +29,11 @@ class AlphaBlender(nn.Module):
         self.mix_factor = nn.Parameter(torch.full((1,), float(alpha)))
 
     def forward(self, x_spatial: torch.Tensor, x_temporal: torch.Tensor) -> torch.Tensor:
+        """The blend, in one pass; the result has ``x_spatial``'s memory layout."""
         alpha = torch.sigmoid(self.mix_factor).to(x_spatial.dtype)  # [1], broadcasts
-        if self.switch_spatial_to_temporal_mix:
-            alpha = 1.0 - alpha
-        # lerp(t, s, α) = t + α·(s − t) = α·s + (1−α)·t, in one pass
-        return torch.lerp(x_temporal, x_spatial, alpha)
+        temporal_weight = alpha if self.switch_spatial_to_temporal_mix else 1.0 - alpha
+        # lerp(s, t, w) = s + w·(t − s) = (1−w)·s + w·t; its output takes the first operand's strides.
+        return torch.lerp(x_spatial, x_temporal, temporal_weight)
 
 
 class TemporalResnetBlock(nn.Module):
@@ -101,10 +96,15 @@ class SpatioTemporalResBlock(nn.Module):
         self.time_mixer = AlphaBlender(merge_factor, switch_spatial_to_temporal_mix)
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None, num_frames: int) -> torch.Tensor:
-        spatial = images_to_video(self.spatial_res_block(hidden_states, temb), num_frames)  # [B, C, F, H, W]
+        images = self.spatial_res_block(hidden_states, temb)  # [(B·F), C, H, W]
         frame_temb = temb.view(-1, num_frames, temb.shape[-1]) if temb is not None else None  # [B, F, D]
-        temporal = self.temporal_res_block(spatial, frame_temb)
-        return video_to_images(self.time_mixer(spatial, temporal))
+        temporal = self.temporal_res_block(images_to_video(images, num_frames), frame_temb)  # [B, C, F, H, W]
+        # Blend in frame-major order [B, F, C, H, W]: the spatial operand is contiguous there, so the
+        # result is already an image batch and needs no copy back.
+        batch_frames, channels, height, width = images.shape
+        frame_major = images.view(-1, num_frames, channels, height, width)
+        blended = self.time_mixer(frame_major, temporal.transpose(1, 2))
+        return blended.reshape(batch_frames, channels, height, width)
 
 
 class TemporalBasicTransformerBlock(nn.Module):
@@ -112,7 +112,8 @@ class TemporalBasicTransformerBlock(nn.Module):
 
     Takes and returns per-frame tokens ``[(B·F), S, dim]``; internally works on ``[(B·S), F, C]``.
     ``ff_in`` first maps ``dim`` to ``time_mix_inner_dim`` (residual when they are equal);
-    ``attn2`` cross-attends to a context ``[(B·S), L_ctx, cross_attention_dim]``.
+    ``attn2`` cross-attends to one context per *video* ``[B, L_ctx, cross_attention_dim]``, shared
+    by all its pixels.
     """
 
     def __init__(
@@ -151,7 +152,12 @@ class TemporalBasicTransformerBlock(nn.Module):
             mixed = mixed + sequences
         mixed = mixed + self.attn1(self.norm1(mixed))
         if self.attn2 is not None:
-            mixed = mixed + self.attn2(self.norm2(mixed), encoder_hidden_states)
+            # Every pixel of a video shares its context, and attention treats queries independently,
+            # so attending from [B, S·F, C] equals attending per pixel from [(B·S), F, C] against a
+            # copied context — without the S copies and their key/value projections.
+            per_video = mixed.view(encoder_hidden_states.shape[0], -1, mixed.shape[-1])  # [B, S·F, C]
+            attended = self.attn2(self.norm2(per_video), encoder_hidden_states)
+            mixed = (per_video + attended).view(mixed.shape)
         out = self.ff(self.norm3(mixed))
         if self.is_res:
             out = out + mixed

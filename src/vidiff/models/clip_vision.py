@@ -8,7 +8,7 @@ Parameter names are those of transformers' ``CLIPVisionModelWithProjection``
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -43,6 +43,10 @@ class CLIPVisionConfig(Config):
             )
         if not 0 < self.patch_size <= self.image_size:
             raise ValueError(f"patch_size={self.patch_size} must be in 1..image_size={self.image_size}")
+
+    def to_diffusers(self) -> dict[str, Any]:
+        """The ``config.json`` dict; always names transformers' ``model_type`` so its Auto classes read it."""
+        return {"model_type": "clip_vision_model", **super().to_diffusers()}
 
     @property
     def num_patches(self) -> int:

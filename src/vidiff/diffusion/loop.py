@@ -1,0 +1,156 @@
+"""The one denoising loop every pipeline uses.
+
+Per step i (σ_i → σ_{i+1}):
+
+1. network input ``x / sqrt(σ_i² + 1)`` (in the latents' dtype), doubled to ``[uncond, cond]`` along
+   the batch when the guidance needs both branches;
+2. one network call with ``plan.timesteps[i]``; the guidance combines the raw outputs (ε or v);
+3. the parameterization turns the combined output into x̂0, from the float32 sample;
+4. the stepper moves the float32 sample to σ_{i+1}; the result is cast back to the network
+   output's dtype (as the reference scheduler does), then ``on_step`` may replace it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .guidance import Guidance, NoGuidance
+from .parameterization import Parameterization
+from .steppers import Denoise, NoiseSource, StepContext, Stepper
+
+# (network input [B', C, F, H, W], timestep 0-dim, inputs of the branch(es), batch first) -> raw output.
+Network = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]
+# (step index, timestep, latents after the step) -> replacement latents, or None to keep them.
+OnStep = Callable[[int, Tensor, Tensor], "Tensor | None"]
+
+
+@dataclass(frozen=True, eq=False)
+class SamplingPlan:
+    """A complete sampling recipe; schedulers build it with ``scheduler.plan(...)``."""
+
+    sigmas: Tensor  # [N+1] float32 on the CPU, decreasing; sigmas[-1] is the final σ (0 for Euler)
+    timesteps: Tensor  # [N] float32: what the network is given at step i
+    parameterization: Parameterization
+    stepper: Stepper
+    init_noise_sigma: float  # unit noise × this = the initial latents
+
+    def __post_init__(self) -> None:
+        if self.sigmas.ndim != 1 or self.timesteps.ndim != 1 or len(self.sigmas) != len(self.timesteps) + 1:
+            raise ValueError(
+                f"SamplingPlan needs sigmas [N+1] and timesteps [N], got sigmas {list(self.sigmas.shape)} "
+                f"and timesteps {list(self.timesteps.shape)}"
+            )
+
+    @property
+    def num_steps(self) -> int:
+        """N, the number of network evaluations of a first-order stepper."""
+        return len(self.timesteps)
+
+
+def sample(
+    network: Network,
+    latents: Tensor,
+    plan: SamplingPlan,
+    cond: Mapping[str, Tensor],
+    uncond: Mapping[str, Tensor] | None = None,
+    guidance: Guidance = NoGuidance(),
+    noise: NoiseSource | None = None,
+    on_step: OnStep | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> Tensor:
+    """Denoise ``latents`` [B, C, F, H, W] (already × ``plan.init_noise_sigma``) along ``plan``.
+
+    Args:
+        network: ``(x_in, timestep, inputs) -> raw output`` shaped like ``x_in``.
+        cond / uncond: network inputs of the conditional / unconditional branch, batch first;
+            ``uncond`` is required (with the same keys) when ``guidance.needs_uncond``.
+        guidance: how branches combine (:mod:`vidiff.diffusion.guidance`).
+        noise: fresh unit noise of a given shape, for stochastic steppers (the caller owns the RNG).
+        on_step: called after every step; a returned tensor replaces the latents.
+        progress: wraps the step iterator (e.g. a tqdm bar).
+
+    Returns:
+        The final latents, in the network output's dtype.
+    """
+    if not isinstance(latents, Tensor) or not latents.is_floating_point():
+        raise TypeError(f"latents must be a floating-point torch.Tensor, got {type(latents).__name__}")
+    inputs = _branch_inputs(cond, uncond, guidance)
+    history: tuple[Tensor, ...] = ()
+    steps: Iterable[int] = range(plan.num_steps)
+    if progress is not None:
+        steps = progress(steps)
+    x = latents
+    for index in steps:
+        timestep, sigma = plan.timesteps[index], plan.sigmas[index]
+        output = _guided_output(network, x, sigma, timestep, inputs, plan.parameterization, guidance)
+        x32 = x.to(torch.float32)
+        denoised = plan.parameterization.denoised(output, x32, sigma)
+        context = StepContext(
+            sigmas=plan.sigmas,
+            index=index,
+            history=history,
+            denoise=_extra_denoise(network, inputs, plan.parameterization, guidance, output.dtype),
+            noise=noise,
+        )
+        stepped = plan.stepper(x32, denoised, context)
+        x, history = stepped.sample.to(output.dtype), stepped.history
+        if on_step is not None:
+            replacement = on_step(index, timestep, x)
+            if replacement is not None:
+                x = replacement
+    return x
+
+
+def _branch_inputs(
+    cond: Mapping[str, Tensor], uncond: Mapping[str, Tensor] | None, guidance: Guidance
+) -> Mapping[str, Tensor]:
+    """The network inputs of one call: ``cond`` alone, or ``[uncond, cond]`` stacked on the batch."""
+    if not guidance.needs_uncond:
+        return cond
+    if uncond is None:
+        raise ValueError(f"{type(guidance).__name__} runs an unconditional branch, so `uncond` is required")
+    if set(uncond) != set(cond):
+        raise ValueError(f"`uncond` must have the keys of `cond` {sorted(cond)}, got {sorted(uncond)}")
+    return {name: torch.cat([uncond[name], cond[name]]) for name in cond}
+
+
+def _guided_output(
+    network: Network,
+    x: Tensor,
+    sigma: Tensor,
+    timestep: Tensor,
+    inputs: Mapping[str, Tensor],
+    parameterization: Parameterization,
+    guidance: Guidance,
+) -> Tensor:
+    """One network call at (x, σ) and the guidance combine; the raw output's dtype and x's shape."""
+    x_in = parameterization.scale_input(x, sigma)  # [B, C, F, H, W], x's dtype
+    if guidance.needs_uncond:
+        x_in = torch.cat([x_in, x_in])  # [2B, ...]: unconditional half first
+    output = network(x_in, timestep, inputs)
+    if output.shape != x_in.shape:
+        raise ValueError(f"the network returned {list(output.shape)} for an input of {list(x_in.shape)}")
+    if guidance.needs_uncond:
+        return guidance.combine(*output.chunk(2))
+    return output
+
+
+def _extra_denoise(
+    network: Network,
+    inputs: Mapping[str, Tensor],
+    parameterization: Parameterization,
+    guidance: Guidance,
+    dtype: torch.dtype,
+) -> Denoise:
+    """D(x, σ) at any σ, for steppers that evaluate the model more than once per step (Heun)."""
+
+    def denoise(x32: Tensor, sigma: Tensor) -> Tensor:
+        timestep = parameterization.timestep(sigma.reshape(1))[0].to(x32.device)
+        output = _guided_output(network, x32.to(dtype), sigma, timestep, inputs, parameterization, guidance)
+        return parameterization.denoised(output, x32, sigma)
+
+    return denoise

@@ -1,0 +1,321 @@
+"""CLIP image preprocessing: images in, normalized ``pixel_values`` for the CLIP vision tower out.
+
+Two paths lead there:
+
+* :class:`CLIPImageProcessor` reads a ``preprocessor_config.json`` (the ``feature_extractor``
+  folder of a pipeline) and reproduces transformers' ``CLIPImageProcessor``: shortest-edge resize with
+  PIL, center crop, rescale to [0, 1], per-channel normalization.
+* Stable Video Diffusion does not resize with PIL: it blurs its [-1, 1] image tensor with a gaussian
+  and resizes bicubically to 224×224 (:func:`resize_with_antialiasing`), then only normalizes
+  (:meth:`CLIPImageProcessor.pixels_from_signed_range`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+
+from . import loading
+from .config import Config
+
+# The mean/std of OpenAI's CLIP training images, per RGB channel.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Union[PIL.Image.Image, np.ndarray, torch.Tensor]]]
+
+
+def _square_or_dict(value: Any, name: str, default_key: str) -> dict[str, int]:
+    # Old configs write sizes as a bare int: a shortest edge for `size`, a square for `crop_size`.
+    if isinstance(value, int):
+        return {"shortest_edge": value} if default_key == "shortest_edge" else {"height": value, "width": value}
+    if isinstance(value, Mapping):
+        return {str(k): int(v) for k, v in value.items()}
+    raise TypeError(f"{name} must be an int or a dict, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPImageProcessorConfig(Config):
+    """Options of a transformers ``preprocessor_config.json``; defaults are OpenAI CLIP's (SVD's)."""
+
+    do_resize: bool = True
+    size: dict = dataclasses.field(default_factory=lambda: {"shortest_edge": 224})
+    resample: int = 3  # PIL.Image.Resampling: 3 = BICUBIC
+    do_center_crop: bool = True
+    crop_size: dict = dataclasses.field(default_factory=lambda: {"height": 224, "width": 224})
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: tuple = OPENAI_CLIP_MEAN
+    image_std: tuple = OPENAI_CLIP_STD
+    do_convert_rgb: bool = True
+
+    def __post_init__(self) -> None:
+        size = _square_or_dict(self.size, "size", "shortest_edge")
+        crop = _square_or_dict(self.crop_size, "crop_size", "height")
+        if set(size) not in ({"shortest_edge"}, {"height", "width"}):
+            raise ValueError(f"size must be {{'shortest_edge': n}} or {{'height': h, 'width': w}}, got {size}")
+        if set(crop) != {"height", "width"}:
+            raise ValueError(f"crop_size must be {{'height': h, 'width': w}}, got {crop}")
+        if self.resample not in {int(r) for r in PIL.Image.Resampling}:
+            raise ValueError(f"resample={self.resample!r} is not a PIL resampling filter (0..5)")
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "crop_size", crop)
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            values = (value,) * 3 if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+            object.__setattr__(self, name, values)
+
+
+def _to_chw_tensor(image: PIL.Image.Image | np.ndarray | torch.Tensor, convert_rgb: bool) -> torch.Tensor:
+    """One image as a [C, H, W] tensor; PIL and numpy images are channels-last, tensors channels-first."""
+    if isinstance(image, PIL.Image.Image):
+        if convert_rgb and image.mode != "RGB":
+            image = image.convert("RGB")
+        image = np.array(image)  # a writable copy, [H, W, C] or [H, W]
+    if isinstance(image, np.ndarray):
+        array = image[:, :, None] if image.ndim == 2 else image
+        if array.ndim != 3:
+            raise ValueError(f"a numpy image must be [H, W, C] (or [N, H, W, C]), got shape {image.shape}")
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3:
+            raise ValueError(f"a tensor image must be [C, H, W] (or [N, C, H, W]), got shape {list(image.shape)}")
+        return image.detach().cpu()
+    raise TypeError(f"images must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}")
+
+
+def _image_list(images: ImageInput) -> list[PIL.Image.Image | np.ndarray | torch.Tensor]:
+    # A 4-D array or tensor is a batch; a list may mix kinds.
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("images is an empty list")
+        return list(images)
+    return [images]
+
+
+def _shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+    # The short side becomes `shortest_edge`; the long side keeps the aspect ratio, rounded down.
+    if width <= height:
+        return int(shortest_edge * height / width), shortest_edge
+    return shortest_edge, int(shortest_edge * width / height)
+
+
+def _resize_with_pil(image: torch.Tensor, size: tuple[int, int], resample: int) -> torch.Tensor:
+    """Resize a uint8 [C, H, W] image to ``size`` (height, width) with PIL, as transformers does."""
+    if image.dtype != torch.uint8:
+        raise ValueError(
+            "resizing works on 8-bit images (PIL images or uint8 arrays/tensors), got a "
+            f"{image.dtype} tensor; resize it yourself and pass do_resize=False"
+        )
+    pixels = image.permute(1, 2, 0).numpy()  # [H, W, C]
+    pil = PIL.Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    resized = np.array(pil.resize((size[1], size[0]), resample=PIL.Image.Resampling(resample)))
+    resized = resized[:, :, None] if resized.ndim == 2 else resized
+    return torch.from_numpy(resized).permute(2, 0, 1)
+
+
+def _center_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Crop [C, H, W] around its center; a side shorter than the crop is zero-padded (more before)."""
+    _, in_h, in_w = image.shape
+    pad_h, pad_w = max(height - in_h, 0), max(width - in_w, 0)
+    if pad_h or pad_w:
+        # F.pad order: (left, right, top, bottom); the larger half goes first, as in transformers.
+        image = F.pad(image, (pad_w - pad_w // 2, pad_w // 2, pad_h - pad_h // 2, pad_h // 2))
+        in_h, in_w = image.shape[1:]
+    top, left = (in_h - height) // 2, (in_w - width) // 2
+    return image[:, top : top + height, left : left + width]
+
+
+def _gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
+    # [size], odd size, centred, summing to 1; built in float64 and cast by the caller.
+    offsets = torch.arange(size, dtype=torch.float64) - size // 2
+    weights = torch.exp(-(offsets**2) / (2.0 * sigma**2))
+    return weights / weights.sum()
+
+
+def _odd_kernel_size(sigma: float) -> int:
+    # Two sigmas each side (a compromise between quality and speed), at least 3 taps, always odd.
+    size = int(max(4.0 * sigma, 3.0))
+    return size if size % 2 == 1 else size + 1
+
+
+def _blur_along(images: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """Convolve every channel of [N, C, H, W] with a 1-D ``kernel`` along ``dim`` (2 = H, 3 = W),
+    reflecting at the borders so the size is kept."""
+    batch, channels, height, width = images.shape
+    taps, half = kernel.numel(), kernel.numel() // 2
+    shape = (1, 1, taps, 1) if dim == 2 else (1, 1, 1, taps)
+    padding = (0, 0, half, half) if dim == 2 else (half, half, 0, 0)
+    flat = images.reshape(batch * channels, 1, height, width)
+    flat = F.pad(flat, padding, mode="reflect")
+    weight = kernel.to(device=images.device, dtype=images.dtype).view(shape)
+    return F.conv2d(flat, weight).view(batch, channels, height, width)
+
+
+def resize_with_antialiasing(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Gaussian-blur then bicubically resize ``images`` [N, C, H, W] to ``size`` (height, width).
+
+    This is how Stable Video Diffusion shrinks its conditioning image for CLIP (diffusers'
+    ``_resize_with_antialiasing``): the blur's sigma per axis is ``max((in / out - 1) / 2, 0.001)``
+    (scikit-image's anti-aliasing rule), the kernel spans two sigmas each side (odd, ≥ 3 taps) with
+    reflected borders, and the resize is ``interpolate(mode="bicubic", align_corners=True)``.
+    Returns [N, C, *size] in the input dtype; values may overshoot the input range slightly.
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"images must be a float tensor [N, C, H, W], got {_describe(images)}")
+    out_h, out_w = (int(s) for s in size)
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"size must be two positive ints (height, width), got {size!r}")
+    in_h, in_w = images.shape[-2:]
+    sigma_h = max((in_h / out_h - 1.0) / 2.0, 0.001)
+    sigma_w = max((in_w / out_w - 1.0) / 2.0, 0.001)
+    blurred = _blur_along(images, _gaussian_kernel(_odd_kernel_size(sigma_w), sigma_w), dim=3)
+    blurred = _blur_along(blurred, _gaussian_kernel(_odd_kernel_size(sigma_h), sigma_h), dim=2)
+    return F.interpolate(blurred, size=(out_h, out_w), mode="bicubic", align_corners=True)
+
+
+def normalize(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(pixel_values - mean) / std`` per channel of [N, C, H, W] or [C, H, W].
+
+    Integer input is promoted to float32 (as transformers does); float input keeps its dtype.
+    """
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim not in (3, 4):
+        raise ValueError(f"pixel_values must be a [N, C, H, W] or [C, H, W] tensor, got {_describe(pixel_values)}")
+    channels = pixel_values.shape[-3]
+    if not channels == len(mean) == len(std):
+        raise ValueError(
+            f"pixel_values has {channels} channels but mean/std have {len(mean)}/{len(std)} values"
+        )
+    values = pixel_values if pixel_values.is_floating_point() else pixel_values.float()
+    mean_t = torch.tensor(mean, dtype=values.dtype, device=values.device).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=values.dtype, device=values.device).view(-1, 1, 1)
+    return (values - mean_t) / std_t
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    return type(value).__name__
+
+
+class CLIPImageProcessor:
+    """transformers' ``CLIPImageProcessor`` rebuilt on PIL and torch, configured by a
+    ``preprocessor_config.json``.
+
+    ``processor(images)`` returns ``pixel_values`` [N, 3, crop_height, crop_width] (float32) ready for
+    :class:`vidiff.models.clip.CLIPVisionModelWithProjection`.
+    """
+
+    def __init__(self, config: CLIPImageProcessorConfig | None = None) -> None:
+        self.config = config if config is not None else CLIPImageProcessorConfig()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Config, **overrides: Any) -> CLIPImageProcessor:
+        """Build from a ``preprocessor_config.json`` dict (or a config); ``overrides`` replace options."""
+        return cls(CLIPImageProcessorConfig.from_diffusers(config, **overrides))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        subfolder: str | None = "feature_extractor",
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
+        **overrides: Any,
+    ) -> CLIPImageProcessor:
+        """Read ``<subfolder>/preprocessor_config.json`` of a local folder or Hub id."""
+        checkpoint = loading.Checkpoint.open(
+            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+        return cls.from_checkpoint(checkpoint, subfolder, **overrides)
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: loading.Checkpoint, subfolder: str | None, **overrides: Any
+    ) -> CLIPImageProcessor:
+        """Read from an opened :class:`~vidiff.loading.Checkpoint` (used by pipelines)."""
+        raw = checkpoint.read_json(loading.join(subfolder, "preprocessor_config.json"))
+        return cls.from_config(raw, **overrides)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``preprocessor_config.json`` (readable by transformers) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        content = {**self.config.to_diffusers(), "image_processor_type": "CLIPImageProcessor"}
+        loading.write_json(directory / "preprocessor_config.json", content)
+
+    def _target_size(self, height: int, width: int) -> tuple[int, int]:
+        size = self.config.size
+        if "shortest_edge" in size:
+            return _shortest_edge_size(height, width, size["shortest_edge"])
+        return size["height"], size["width"]
+
+    def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(pixel_values - image_mean) / image_std`` per channel, on [N, C, H, W] or [C, H, W].
+
+        Integer input is promoted to float32; float input keeps its dtype. This is the only step
+        SVD and I2VGen-XL ask of their feature extractor (on images already in [0, 1]).
+        """
+        return normalize(pixel_values, self.config.image_mean, self.config.image_std)
+
+    def pixels_from_signed_range(self, images: torch.Tensor) -> torch.Tensor:
+        """SVD's CLIP input: ``images`` [N, 3, H, W] in [-1, 1] → pixel_values [N, 3, 224, 224].
+
+        Anti-aliased resize (:func:`resize_with_antialiasing`) to the crop size (224×224 for every
+        released SVD checkpoint), back to [0, 1], then :meth:`normalize`; the config's resize, crop and
+        rescale flags do not apply, as in diffusers' ``StableVideoDiffusionPipeline``.
+        """
+        crop = self.config.crop_size
+        resized = resize_with_antialiasing(images, (crop["height"], crop["width"]))
+        return self.normalize((resized + 1.0) / 2.0)
+
+    def svd_clip_input(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`pixels_from_signed_range` for ``images`` [N, 3, H, W] in [0, 1].
+
+        The images go to [-1, 1] first because SVD resizes there (the blur and bicubic weights sum to 1,
+        so only rounding depends on it; keeping the order keeps diffusers' numbers).
+        """
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor [N, 3, H, W] in [0, 1], got {_describe(images)}")
+        return self.pixels_from_signed_range(images * 2.0 - 1.0)
+
+    def _process_one(self, image: PIL.Image.Image | np.ndarray | torch.Tensor, config: CLIPImageProcessorConfig) -> torch.Tensor:
+        pixels = _to_chw_tensor(image, config.do_convert_rgb)  # [C, H, W]
+        if config.do_resize:
+            pixels = _resize_with_pil(pixels, self._target_size(*pixels.shape[1:]), config.resample)
+        if config.do_center_crop:
+            pixels = _center_crop(pixels, config.crop_size["height"], config.crop_size["width"])
+        if config.do_rescale:
+            # transformers multiplies in float64 and stores float32.
+            pixels = (pixels.double() * config.rescale_factor).float()
+        if config.do_normalize:
+            pixels = normalize(pixels, config.image_mean, config.image_std)
+        return pixels.float()
+
+    def __call__(self, images: ImageInput, **overrides: Any) -> torch.Tensor:
+        """Preprocess one image or a batch into ``pixel_values`` [N, C, crop_h, crop_w] float32.
+
+        ``images``: a PIL image, a numpy array [H, W, C] / [N, H, W, C], a tensor [C, H, W] /
+        [N, C, H, W], or a list of those. 8-bit input (PIL, uint8) is in 0..255 and matches transformers'
+        processor; float input is used as given (resizing it is refused: PIL resizes 8-bit images).
+        ``overrides`` change options for this call only (e.g. ``do_center_crop=False``).
+        """
+        config = self.config.replace(**overrides) if overrides else self.config
+        processed = [self._process_one(image, config) for image in _image_list(images)]
+        shapes = {tuple(p.shape) for p in processed}
+        if len(shapes) != 1:
+            raise ValueError(f"images ended with different shapes {sorted(shapes)}; enable do_center_crop")
+        return torch.stack(processed)

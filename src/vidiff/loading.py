@@ -1,0 +1,389 @@
+"""Checkpoints in the diffusers layout: open a folder or Hub repo, read configs and weights, load strictly.
+
+A pipeline checkpoint is a folder (or Hub repo) with ``model_index.json`` and one subfolder per
+component (``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors``, ``scheduler/``, ...).
+Hub repos are read through huggingface_hub's cache and only the files a caller asks for are downloaded;
+offline (``HF_HUB_OFFLINE=1``, ``local_files_only=True`` or no network) the cached snapshot is used.
+File names and formats of weights live in :mod:`vidiff.weight_files`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import hf_hub_download, list_repo_files
+from huggingface_hub.utils import (
+    HFValidationError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+    validate_repo_id,
+)
+from torch import nn
+
+from . import weight_files
+from .weight_files import save_component, write_json
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointNotFoundError",
+    "join",
+    "load_state_dict_strict",
+    "pick_dtype",
+    "save_component",
+    "write_json",
+]
+
+logger = logging.getLogger(__name__)
+
+try:  # huggingface_hub >= 1.0 speaks httpx; its connection errors are not OSErrors
+    import httpx
+
+    _UNREACHABLE: tuple[type[BaseException], ...] = (OSError, httpx.TransportError)
+except ImportError:  # older huggingface_hub: requests' errors are OSErrors
+    _UNREACHABLE = (OSError,)
+
+_LAYOUT_HINT = "a diffusers-layout checkpoint folder has model_index.json and one subfolder per component"
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """A Hub checkpoint that can be neither downloaded nor found in the local cache."""
+
+
+def pick_dtype(dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -> torch.dtype | None:
+    """Merge ``dtype`` with its diffusers alias ``torch_dtype``; ``None`` means keep the stored dtype."""
+    for argument, value in (("dtype", dtype), ("torch_dtype", torch_dtype)):
+        if value is not None and not isinstance(value, torch.dtype):
+            raise TypeError(f"{argument} must be a torch.dtype such as torch.float16, got {value!r}")
+        if value is not None and not value.is_floating_point:
+            raise ValueError(f"{argument} must be a floating-point dtype (weights are cast to it), got {value}")
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass only dtype")
+    return dtype if dtype is not None else torch_dtype
+
+
+def join(subfolder: str | None, name: str) -> str:
+    """Relative path of ``name`` inside a component ``subfolder`` (``None`` or "" for the root)."""
+    subfolder = (subfolder or "").strip("/")
+    return f"{subfolder}/{name}" if subfolder else name
+
+
+class _FolderFiles:
+    """Files of a local folder: a checkpoint folder, or a Hub snapshot in the cache while offline."""
+
+    def __init__(self, root: Path, offline_note: str = "") -> None:
+        self.root = root
+        self.where = str(root)
+        # Why files may be missing from a cached snapshot: only what was downloaded before is there.
+        self.missing_note = offline_note
+
+    def describe(self, subfolder: str | None) -> str:
+        return str(self.root / join(subfolder, ""))
+
+    def names_in(self, subfolder: str | None) -> list[str]:
+        folder = self.root / join(subfolder, "")
+        return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+    def exists(self, relpath: str) -> bool:
+        return (self.root / relpath).is_file()
+
+    def path(self, relpath: str) -> Path:
+        return self.root / relpath
+
+
+class _HubFiles:
+    """Files of a Hub repo, listed once and downloaded one by one into huggingface_hub's cache."""
+
+    def __init__(self, repo_id: str, revision: str | None, cache_dir: Any, listing: Sequence[str]) -> None:
+        self.repo_id, self.revision, self.cache_dir = repo_id, revision, cache_dir
+        self.listing = frozenset(listing)
+        self.where = f"Hub repo {repo_id!r}" + (f" (revision {revision!r})" if revision else "")
+        self.missing_note = ""
+
+    def describe(self, subfolder: str | None) -> str:
+        return f"folder {subfolder!r} of {self.where}" if subfolder else self.where
+
+    def names_in(self, subfolder: str | None) -> list[str]:
+        prefix = join(subfolder, "")
+        return sorted(f[len(prefix):] for f in self.listing if f.startswith(prefix) and "/" not in f[len(prefix):])
+
+    def exists(self, relpath: str) -> bool:
+        return relpath in self.listing
+
+    def path(self, relpath: str) -> Path:
+        try:
+            local = hf_hub_download(self.repo_id, relpath, revision=self.revision, cache_dir=self.cache_dir)
+        except _UNREACHABLE as error:
+            raise CheckpointNotFoundError(f"Could not download {relpath} from {self.where}: {error}") from error
+        return Path(local)
+
+
+class Checkpoint:
+    """A resolved checkpoint: a local folder, or a Hub repo id whose files are fetched on demand.
+
+    Open one with :meth:`open`. Paths given to its methods are relative to the checkpoint root and use
+    "/" (``"unet/config.json"``); build them with :func:`join`.
+    """
+
+    def __init__(self, name: str, files: _FolderFiles | _HubFiles) -> None:
+        self.name = name  # what the user passed, for messages
+        self._files = files
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.name!r} at {self._files.where})"
+
+    @classmethod
+    def open(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
+    ) -> Checkpoint:
+        """Resolve a local folder, or a Hub id ``"org/name"`` (online: list its files; offline: the cache).
+
+        ``revision`` (branch, tag or commit), ``cache_dir`` and ``local_files_only`` apply to Hub ids and
+        follow huggingface_hub (default cache from ``HF_HOME``/``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1``
+        means no network).
+        """
+        if not isinstance(name_or_path, (str, os.PathLike)):
+            raise TypeError(f"name_or_path must be a folder path or a Hub repo id, got {type(name_or_path).__name__}")
+        if revision is not None and not isinstance(revision, str):
+            raise TypeError(f"revision must be a branch, tag or commit str, got {revision!r}")
+        name = os.fspath(name_or_path)
+        path = Path(name).expanduser()
+        if path.is_dir():
+            return cls(name, _FolderFiles(path))
+        if path.exists():
+            raise FileNotFoundError(f"{name} is a file; expected a checkpoint folder ({_LAYOUT_HINT}) or a Hub repo id")
+        if isinstance(name_or_path, str) and _looks_like_repo_id(name):
+            return cls._open_hub(name, revision, cache_dir, local_files_only)
+        raise FileNotFoundError(
+            f"No checkpoint folder at {name!r}, and it is not a Hub repo id of the form 'org/name'"
+        )
+
+    @classmethod
+    def _open_hub(
+        cls, repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None, local_files_only: bool | None
+    ) -> Checkpoint:
+        offline_reason = _offline_reason(local_files_only)
+        if offline_reason is None:
+            try:
+                listing = list_repo_files(repo_id, revision=revision)
+            except RepositoryNotFoundError as error:
+                raise CheckpointNotFoundError(
+                    f"Hub repo {repo_id!r} was not found, or it is private or gated and needs a login "
+                    f"(`hf auth login`): {error}"
+                ) from error
+            except RevisionNotFoundError as error:
+                raise CheckpointNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}") from error
+            except _UNREACHABLE as error:
+                offline_reason = f"the Hub could not be reached ({type(error).__name__}: {error})"
+            else:
+                hub_cache = None if cache_dir is None else os.fspath(cache_dir)
+                return cls(repo_id, _HubFiles(repo_id, revision, hub_cache, listing))
+        cache = Path(cache_dir if cache_dir is not None else hub_constants.HF_HUB_CACHE).expanduser()
+        snapshot = _cached_snapshot(cache, repo_id, revision)
+        wanted = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+        if snapshot is None:
+            raise CheckpointNotFoundError(
+                f"Cannot open {wanted}: it is not a local folder and not in the local Hugging Face cache at "
+                f"{cache}, and downloads are off or failed: {offline_reason}. Run once with network access "
+                f"(or `hf download {repo_id}`) to fill the cache, point cache_dir / HF_HOME at a cache that "
+                "holds it, or pass a local checkpoint folder."
+            )
+        logger.info("Using the cached snapshot %s of %s (%s).", snapshot, wanted, offline_reason)
+        note = f" (a cached snapshot of {wanted}: only files downloaded earlier are there; {offline_reason})"
+        return cls(repo_id, _FolderFiles(snapshot, offline_note=note))
+
+    def has_file(self, relpath: str) -> bool:
+        """Whether the checkpoint holds ``relpath`` (no download)."""
+        return self._files.exists(relpath)
+
+    def local_path(self, relpath: str) -> Path:
+        """Local path of one file, downloaded first for Hub checkpoints."""
+        if not self._files.exists(relpath):
+            raise FileNotFoundError(f"{self._files.where} has no {relpath}{self._files.missing_note}")
+        return self._files.path(relpath)
+
+    def read_json(self, relpath: str) -> dict[str, Any]:
+        """Parse a JSON object (``model_index.json``, ``unet/config.json``...)."""
+        if not self._files.exists(relpath):
+            raise FileNotFoundError(
+                f"{self._files.where} has no {relpath}; {_LAYOUT_HINT}{self._files.missing_note}"
+            )
+        path = self._files.path(relpath)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{relpath} in {self._files.where} is not valid JSON: {error}") from error
+        if not isinstance(data, dict):
+            raise ValueError(f"{relpath} in {self._files.where} holds a {type(data).__name__}, not a JSON object")
+        return data
+
+    def _weight_files(self, subfolder: str | None, variant: str | None, weights_name: str) -> list[str]:
+        """Relative paths of the weight files to read for one component (shards through their index)."""
+        weight_files.check_variant(variant)
+        where = self._files.describe(subfolder)
+        try:
+            chosen = weight_files.choose(self._files.names_in(subfolder), weights_name, variant, where)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error}{self._files.missing_note}") from None
+        if not weight_files.is_index(chosen):
+            return [join(subfolder, chosen)]
+        index_path = join(subfolder, chosen)
+        weight_map = weight_files.shard_names(self.read_json(index_path), index_path)
+        shards = [join(subfolder, shard) for shard in sorted(set(weight_map.values()))]
+        for shard in shards:
+            if not self._files.exists(shard):
+                raise FileNotFoundError(
+                    f"{self._files.where} has no {shard}, named by {index_path}{self._files.missing_note}"
+                )
+        return shards
+
+    def fetch_component(
+        self, subfolder: str | None, *, variant: str | None = None, weights_name: str = "diffusion_pytorch_model"
+    ) -> None:
+        """Make sure a component's config and weights are local (downloads them for Hub checkpoints).
+
+        Lets a pipeline fetch every component before it spends time building any of them.
+        """
+        for relpath in [join(subfolder, "config.json"), *self._weight_files(subfolder, variant, weights_name)]:
+            self.local_path(relpath)
+
+    def load_state_dict(
+        self, subfolder: str | None, *, variant: str | None = None, weights_name: str = "diffusion_pytorch_model"
+    ) -> dict[str, torch.Tensor]:
+        """Read a component's weights onto the CPU, as stored (no cast).
+
+        Safetensors are preferred over pickles of the same variant; a missing ``variant`` falls back to
+        the default weights with a warning; sharded weights are read through their index.
+        """
+        state: dict[str, torch.Tensor] = {}
+        for relpath in self._weight_files(subfolder, variant, weights_name):
+            part = weight_files.read(self.local_path(relpath))
+            repeated = state.keys() & part.keys()
+            if repeated:
+                raise ValueError(f"{relpath} repeats tensors of an earlier shard: {_summary(sorted(repeated))}")
+            state.update(part)
+        return state
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    if name.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _offline_reason(local_files_only: bool | None) -> str | None:
+    """Why the Hub must not be contacted, or ``None`` when it may be."""
+    if local_files_only:
+        return "local_files_only=True"
+    # huggingface_hub reads HF_HUB_OFFLINE at import; the environment is checked too so that setting
+    # it later in the same process still keeps vidiff off the network.
+    if hub_constants.HF_HUB_OFFLINE or _env_flag("HF_HUB_OFFLINE"):
+        return "HF_HUB_OFFLINE is set"
+    return None
+
+
+def _cached_snapshot(cache: Path, repo_id: str, revision: str | None) -> Path | None:
+    """Snapshot folder ``<cache>/models--org--name/snapshots/<commit>`` for a revision, if cached.
+
+    A branch or tag is resolved through ``refs/<revision>``; a commit hash names its snapshot directly.
+    Partial snapshots are fine: vidiff only reads the files it needs.
+    """
+    repo_folder = cache / ("models--" + repo_id.replace("/", "--"))
+    revision = revision or "main"
+    ref = repo_folder / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = repo_folder / "snapshots" / commit
+    return snapshot if snapshot.is_dir() else None
+
+
+def _summary(keys: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... ({len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def load_state_dict_strict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    ignore_unexpected: Sequence[str] = (),
+) -> None:
+    """Load ``state`` into a model built on the ``meta`` device; every key must match exactly.
+
+    Missing keys, unexpected keys (except those matching a regex of ``ignore_unexpected``, searched
+    anywhere in the key) and shape mismatches are reported together in one ``ValueError``. Tensors are
+    assigned, not copied, so no second copy of the weights is allocated; floating-point tensors are cast
+    to ``dtype`` if given (integer buffers keep theirs) and everything goes to ``device`` (default CPU).
+    """
+    dtype = pick_dtype(dtype, None)
+    try:
+        target = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from error
+    expected = model.state_dict()
+    problems = _mismatches(type(model).__name__, expected, state, ignore_unexpected)
+    if problems:
+        raise ValueError(problems)
+    placed = {}
+    for key in expected:
+        tensor = state[key]
+        cast = dtype if dtype is not None and tensor.is_floating_point() else None
+        placed[key] = tensor.to(device=target, dtype=cast)
+    model.load_state_dict(placed, strict=True, assign=True)
+    left = [name for name, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(
+            f"{type(model).__name__} still has tensors on the meta device after loading: {_summary(left)}. "
+            "Non-persistent buffers are not in checkpoints; make them persistent or compute them in forward."
+        )
+
+
+def _mismatches(
+    model_name: str, expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], ignore: Sequence[str]
+) -> str:
+    """One message listing every way ``state`` disagrees with the model's state dict ("" if none)."""
+    patterns = [re.compile(p) for p in ignore]
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected and not any(p.search(k) for p in patterns))
+    not_tensors = sorted(k for k in expected if k in state and not isinstance(state[k], torch.Tensor))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape
+    )
+    parts = [
+        f"{label} ({len(keys)}): {_summary(keys)}"
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrongly shaped keys", shapes),
+            ("values that are not tensors", not_tensors),
+        )
+        if keys
+    ]
+    if not parts:
+        return ""
+    return f"The checkpoint does not match {model_name}: " + "; ".join(parts)
+

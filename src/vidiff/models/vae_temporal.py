@@ -1,0 +1,183 @@
+"""SVD's VAE: the image encoder of SD plus a decoder that mixes neighbouring frames.
+
+``AutoencoderKLTemporalDecoder.decode`` takes latents of whole videos as an image batch
+``[(B·F), C, h, w]`` (frames of a video consecutive): its temporal resnets and final 3-D conv
+see all ``num_frames`` frames of a video at once, so how a pipeline chunks frames changes the
+output (SVD's ``decode_chunk_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import Config
+from ..layers.frames import images_to_video, video_to_images
+from ..layers.resnet import Upsample2D
+from ..layers.temporal import SpatioTemporalResBlock
+from .base import PretrainedModel
+from .vae import Encoder, LatentDistribution, vae_attention
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderKLTemporalDecoderConfig(Config):
+    """Hyper-parameters of :class:`AutoencoderKLTemporalDecoder`; defaults are SVD-XT's released values.
+
+    ``scaling_factor`` multiplies encoder latents before diffusion (and divides them before
+    decoding); ``force_upcast`` asks pipelines to run this VAE in float32.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",) * 4
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    sample_size: int = 768
+    scaling_factor: float = 0.18215
+    force_upcast: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.down_block_types if t != "DownEncoderBlock2D"]
+        if unknown:
+            raise ValueError(f"down_block_types supports only 'DownEncoderBlock2D', got {unknown}")
+        if len(self.down_block_types) != len(self.block_out_channels):
+            raise ValueError(
+                f"down_block_types and block_out_channels must have equal lengths, got "
+                f"{len(self.down_block_types)} and {len(self.block_out_channels)}"
+            )
+
+
+def _decoder_resblock(in_channels: int, out_channels: int) -> SpatioTemporalResBlock:
+    # The decoder's blend starts at α = sigmoid(0) = ½ and weighs the temporal branch by α.
+    return SpatioTemporalResBlock(
+        in_channels,
+        out_channels,
+        temb_channels=None,
+        eps=1e-6,
+        temporal_eps=1e-5,
+        merge_factor=0.0,
+        switch_spatial_to_temporal_mix=True,
+    )
+
+
+class MidBlockTemporalDecoder(nn.Module):
+    """``num_layers`` video resnets with one full-width self-attention after the first.
+
+    The attention exists (and is in checkpoints) even when ``num_layers == 1``, where it is unused.
+    """
+
+    def __init__(self, channels: int, num_layers: int = 1) -> None:
+        super().__init__()
+        self.attentions = nn.ModuleList([vae_attention(channels)])
+        self.resnets = nn.ModuleList(_decoder_resblock(channels, channels) for _ in range(num_layers))
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        hidden_states = self.resnets[0](hidden_states, None, num_frames)
+        for attention, resnet in zip(self.attentions, self.resnets[1:]):
+            hidden_states = resnet(attention(hidden_states), None, num_frames)
+        return hidden_states
+
+
+class UpBlockTemporalDecoder(nn.Module):
+    """Video resnets, then optional nearest ×2 upsampling with a conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, add_upsample: bool) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            _decoder_resblock(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)
+        )
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        for resnet in self.resnets:
+            hidden_states = resnet(hidden_states, None, num_frames)
+        if self.upsamplers is not None:
+            hidden_states = self.upsamplers[0](hidden_states)
+        return hidden_states
+
+
+class TemporalDecoder(nn.Module):
+    """Latents ``[(B·F), C, h, w]`` → images ``[(B·F), 3, H, W]``, mixing the frames of each video."""
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        out_channels: int = 3,
+        block_out_channels: tuple[int, ...] = (128, 256, 512, 512),
+        layers_per_block: int = 2,
+    ) -> None:
+        super().__init__()
+        channels = tuple(reversed(block_out_channels))  # deepest first
+        self.conv_in = nn.Conv2d(in_channels, channels[0], kernel_size=3, padding=1)
+        self.mid_block = MidBlockTemporalDecoder(channels[0], num_layers=layers_per_block)
+        self.up_blocks = nn.ModuleList(
+            UpBlockTemporalDecoder(
+                channels[max(i - 1, 0)], channels[i], layers_per_block + 1, add_upsample=i < len(channels) - 1
+            )
+            for i in range(len(channels))
+        )
+        self.conv_norm_out = nn.GroupNorm(32, channels[-1], eps=1e-6)
+        self.conv_out = nn.Conv2d(channels[-1], out_channels, kernel_size=3, padding=1)
+        # Final smoothing across frames: a (3,1,1) conv on [B, 3, F, H, W].
+        self.time_conv_out = nn.Conv3d(out_channels, out_channels, kernel_size=(3, 1, 1), padding=(1, 0, 0))
+
+    def forward(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+        hidden = self.mid_block(self.conv_in(latents), num_frames)
+        for block in self.up_blocks:
+            hidden = block(hidden, num_frames)
+        images = self.conv_out(F.silu(self.conv_norm_out(hidden)))  # [(B·F), 3, H, W]
+        return video_to_images(self.time_conv_out(images_to_video(images, num_frames)))
+
+
+class AutoencoderKLTemporalDecoder(PretrainedModel):
+    """SVD's VAE: :meth:`encode` single images, :meth:`decode` whole videos."""
+
+    config_class = AutoencoderKLTemporalDecoderConfig
+    config: AutoencoderKLTemporalDecoderConfig
+
+    def __init__(self, config: AutoencoderKLTemporalDecoderConfig) -> None:
+        super().__init__(config)
+        self.encoder = Encoder(
+            in_channels=config.in_channels,
+            out_channels=config.latent_channels,
+            block_out_channels=config.block_out_channels,
+            layers_per_block=config.layers_per_block,
+        )
+        self.decoder = TemporalDecoder(
+            in_channels=config.latent_channels,
+            out_channels=config.out_channels,
+            block_out_channels=config.block_out_channels,
+            layers_per_block=config.layers_per_block,
+        )
+        self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, kernel_size=1)
+
+    def encode(self, images: torch.Tensor) -> LatentDistribution:
+        """Images ``[N, in_channels, H, W]`` in [−1, 1] → the latent distribution over ``[N, C, H/8, W/8]``.
+
+        Latents are unscaled: multiply by ``config.scaling_factor`` before diffusion.
+        """
+        if images.ndim != 4 or images.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"images must be [N, {self.config.in_channels}, H, W], got {tuple(images.shape)}"
+            )
+        moments = self.quant_conv(self.encoder(images.to(self.quant_conv.weight.dtype)))
+        return LatentDistribution.from_moments(moments)
+
+    def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Latents ``[N, C, h, w]`` of ``N / num_frames`` whole videos → images ``[N, out_channels, 8h, 8w]``.
+
+        Frames of a video must be consecutive; latents are unscaled (divide by ``scaling_factor`` first).
+        """
+        if latents.ndim != 4 or latents.shape[1] != self.config.latent_channels:
+            raise ValueError(
+                f"latents must be [N, {self.config.latent_channels}, h, w], got {tuple(latents.shape)}"
+            )
+        if num_frames < 1 or latents.shape[0] % num_frames:
+            raise ValueError(
+                f"num_frames must be ≥ 1 and divide the latent batch ({latents.shape[0]}), got {num_frames}"
+            )
+        return self.decoder(latents.to(self.quant_conv.weight.dtype), num_frames)
