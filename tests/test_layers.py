@@ -39,6 +39,11 @@ def test_frame_reshapes_are_inverse_and_keep_each_video_together():
     sequences = frames.tokens_to_frame_sequences(tokens, 4)  # [(B·S), F, C]
     assert torch.equal(sequences[1 * 30 + 7, 2], tokens[1 * 4 + 2, 7])
     assert torch.equal(frames.frame_sequences_to_tokens(sequences, 30), tokens)
+    per_video = frames.split_frames(images, 4)  # [B, F, C, H, W]
+    assert torch.equal(per_video[1, 2], video[1, :, 2])
+    assert torch.equal(frames.merge_frames(per_video), images)
+    with pytest.raises(ValueError, match="num_frames"):
+        frames.split_frames(images, 3)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,18 @@ from __future__ import annotations
 import torch
 
 
+def split_frames(batch: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """``[(B·F), ...]`` → ``[B, F, ...]`` as a view: regroup a per-frame batch by video."""
+    if batch.shape[0] % num_frames:
+        raise ValueError(f"a batch of {batch.shape[0]} is not whole videos of num_frames={num_frames}")
+    return batch.view(batch.shape[0] // num_frames, num_frames, *batch.shape[1:])
+
+
+def merge_frames(videos: torch.Tensor) -> torch.Tensor:
+    """``[B, F, ...]`` → ``[(B·F), ...]``, the inverse of :func:`split_frames` (a view when possible)."""
+    return videos.reshape(videos.shape[0] * videos.shape[1], *videos.shape[2:])
+
+
 def video_to_images(video: torch.Tensor) -> torch.Tensor:
     """``[B, C, F, H, W]`` → ``[(B·F), C, H, W]`` (contiguous copy, frames of a video consecutive)."""
     batch, channels, frames, height, width = video.shape
@@ -23,8 +35,7 @@ def video_to_images(video: torch.Tensor) -> torch.Tensor:
 
 def images_to_video(images: torch.Tensor, num_frames: int) -> torch.Tensor:
     """``[(B·F), C, H, W]`` → ``[B, C, F, H, W]`` as a strided view (no copy)."""
-    batch_frames, channels, height, width = images.shape
-    return images.view(batch_frames // num_frames, num_frames, channels, height, width).transpose(1, 2)
+    return split_frames(images, num_frames).transpose(1, 2)
 
 
 def images_to_tokens(images: torch.Tensor) -> torch.Tensor:

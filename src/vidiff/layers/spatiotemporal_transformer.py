@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .embeddings import TimestepEmbedding, sinusoidal_embedding
-from .frames import images_to_tokens, tokens_to_images
+from .frames import images_to_tokens, split_frames, tokens_to_images
 from .temporal import AlphaBlender, TemporalBasicTransformerBlock
 from .transformer import BasicTransformerBlock
 
@@ -63,7 +63,7 @@ class TransformerSpatioTemporalModel(nn.Module):
         batch = batch_frames // num_frames
         context = encoder_hidden_states
         # The temporal blocks see each video's first-frame context: [B, L, D]
-        time_context = context.view(batch, num_frames, *context.shape[1:])[:, 0]
+        time_context = split_frames(context, num_frames)[:, 0]
 
         tokens = self.proj_in(images_to_tokens(self.norm(hidden_states)))  # [(B·F), H·W, inner]
         frame_index = torch.arange(num_frames, device=tokens.device).repeat(batch)  # [(B·F)]

@@ -11,7 +11,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from .attention import Attention, FeedForward
-from .frames import frame_sequences_to_tokens, images_to_video, tokens_to_frame_sequences
+from .frames import (
+    frame_sequences_to_tokens,
+    images_to_video,
+    merge_frames,
+    split_frames,
+    tokens_to_frame_sequences,
+)
 from .resnet import ResBlock2D
 
 
@@ -36,6 +42,26 @@ class AlphaBlender(nn.Module):
         return torch.lerp(x_spatial, x_temporal, temporal_weight)
 
 
+class TemporalConv(nn.Conv3d):
+    """A 3-D conv with kernel ``(k, 1, 1)``: mixes each pixel with itself in the neighbouring frames.
+
+    Same parameters as ``nn.Conv3d`` (so checkpoints load), but runs as a 2-D conv with kernel
+    ``(k, 1)`` over ``[B, C, F, H·W]``: identical math, and CPU backends have fast 2-D kernels only.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_frames: int = 3) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size=(kernel_frames, 1, 1), padding=(kernel_frames // 2, 0, 0)
+        )
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B, C_in, F, H, W]`` → ``[B, C_out, F, H, W]``."""
+        batch, channels, frames, height, width = video.shape
+        flat = video.reshape(batch, channels, frames, height * width)  # a view when contiguous
+        out = F.conv2d(flat, self.weight.squeeze(-1), self.bias, padding=(self.padding[0], 0))
+        return out.view(batch, -1, frames, height, width)
+
+
 class TemporalResnetBlock(nn.Module):
     """A residual block of (3,1,1) 3-D convolutions: mixes each pixel with its neighbouring frames.
 
@@ -48,15 +74,12 @@ class TemporalResnetBlock(nn.Module):
     ) -> None:
         super().__init__()
         out_channels = out_channels if out_channels is not None else in_channels
-        kernel, padding = (3, 1, 1), (1, 0, 0)
         self.norm1 = nn.GroupNorm(32, in_channels, eps=eps)
-        self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size=kernel, padding=padding)
+        self.conv1 = TemporalConv(in_channels, out_channels)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
         self.norm2 = nn.GroupNorm(32, out_channels, eps=eps)
-        self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size=kernel, padding=padding)
-        self.conv_shortcut = (
-            nn.Conv3d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
-        )
+        self.conv2 = TemporalConv(out_channels, out_channels)
+        self.conv_shortcut = TemporalConv(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.conv1(F.silu(self.norm1(input_tensor)))  # [B, C, F, H, W]
@@ -97,14 +120,12 @@ class SpatioTemporalResBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None, num_frames: int) -> torch.Tensor:
         images = self.spatial_res_block(hidden_states, temb)  # [(B·F), C, H, W]
-        frame_temb = temb.view(-1, num_frames, temb.shape[-1]) if temb is not None else None  # [B, F, D]
+        frame_temb = split_frames(temb, num_frames) if temb is not None else None  # [B, F, D]
         temporal = self.temporal_res_block(images_to_video(images, num_frames), frame_temb)  # [B, C, F, H, W]
         # Blend in frame-major order [B, F, C, H, W]: the spatial operand is contiguous there, so the
         # result is already an image batch and needs no copy back.
-        batch_frames, channels, height, width = images.shape
-        frame_major = images.view(-1, num_frames, channels, height, width)
-        blended = self.time_mixer(frame_major, temporal.transpose(1, 2))
-        return blended.reshape(batch_frames, channels, height, width)
+        blended = self.time_mixer(split_frames(images, num_frames), temporal.transpose(1, 2))
+        return merge_frames(blended)
 
 
 class TemporalBasicTransformerBlock(nn.Module):

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from ..config import Config
 from ..layers.frames import images_to_video, video_to_images
 from ..layers.resnet import Upsample2D
-from ..layers.temporal import SpatioTemporalResBlock
+from ..layers.temporal import SpatioTemporalResBlock, TemporalConv
 from .base import PretrainedModel
 from .vae import Encoder, LatentDistribution, vae_attention
 
@@ -123,7 +123,7 @@ class TemporalDecoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(32, channels[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(channels[-1], out_channels, kernel_size=3, padding=1)
         # Final smoothing across frames: a (3,1,1) conv on [B, 3, F, H, W].
-        self.time_conv_out = nn.Conv3d(out_channels, out_channels, kernel_size=(3, 1, 1), padding=(1, 0, 0))
+        self.time_conv_out = TemporalConv(out_channels, out_channels)
 
     def forward(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
         hidden = self.mid_block(self.conv_in(latents), num_frames)
