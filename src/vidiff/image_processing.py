@@ -217,6 +217,9 @@ class CLIPImageProcessor:
     :class:`vidiff.models.clip.CLIPVisionModelWithProjection`.
     """
 
+    # model_index.json names this component ["transformers", "CLIPImageProcessor"].
+    library = "transformers"
+
     def __init__(self, config: CLIPImageProcessorConfig | None = None) -> None:
         self.config = config if config is not None else CLIPImageProcessorConfig()
 

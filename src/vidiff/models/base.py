@@ -27,6 +27,8 @@ class PretrainedModel(nn.Module):
     config_class: ClassVar[type[Config]]
     # File stem of the weights: diffusers models use "diffusion_pytorch_model", transformers "model".
     weights_name: ClassVar[str] = "diffusion_pytorch_model"
+    # The library diffusers' model_index.json names for this class ("diffusers" or "transformers").
+    library: ClassVar[str] = "diffusers"
     # Regexes of checkpoint keys that may be present but are not parameters (old buffers).
     ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = ()
 

@@ -132,6 +132,7 @@ class CLIPVisionModelWithProjection(PretrainedModel):
 
     config_class = CLIPVisionConfig
     weights_name = "model"
+    library = "transformers"
     # Checkpoints saved by older transformers versions still hold the position-index buffer.
     ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = (r"^vision_model\.embeddings\.position_ids$",)
 
