@@ -6,6 +6,7 @@ import json
 
 import av
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -24,15 +25,18 @@ def pipe(tiny_svd):
     return pipe
 
 
-def test_readme_example_writes_mp4_and_gif(tiny_svd, tmp_path):
-    """The README's snippet, pointed at the tiny local checkpoint instead of the Hub id."""
-    folder, _ = tiny_svd
+def test_readme_example_writes_mp4_and_gif(pipe, tmp_path):
+    """The README's snippet as written (fp16 weights, fp16 variant), pointed at a tiny local checkpoint."""
+    pipe.save_pretrained(tmp_path / "svd-xt", variant="fp16")
     random_image(width=64, height=48).save(tmp_path / "rocket.png")
-    pipe = StableVideoDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+
+    example = StableVideoDiffusionPipeline.from_pretrained(tmp_path / "svd-xt", dtype=torch.float16, variant="fp16")
+    example.set_progress_bar_config(disable=True)
     image = load_image(str(tmp_path / "rocket.png")).resize((64, 48))
-    frames = pipe(image, height=48, width=64, decode_chunk_size=8,
-                  generator=np.random.Generator(np.random.PCG64(42)), num_frames=5, num_inference_steps=2)[0]
+    frames = example(image, height=48, width=64, decode_chunk_size=8,
+                     generator=np.random.Generator(np.random.PCG64(42)), num_frames=5, num_inference_steps=2)[0]
+    assert example.unet.dtype == torch.float16
+    assert len(frames) == 1 and len(frames[0]) == 5  # "pil": a batch holding one video of 5 frames
     path = export_to_video(frames, str(tmp_path / "generated.mp4"), fps=7)
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -40,11 +44,13 @@ def test_readme_example_writes_mp4_and_gif(tiny_svd, tmp_path):
         assert (stream.codec_context.width, stream.codec_context.height) == (64, 48)
         assert stream.average_rate == 7
     assert len(decoded) == 5
-    gif = export_to_gif(frames[0], str(tmp_path / "generated.gif"), fps=7)
-    from PIL import Image
 
-    with Image.open(gif) as im:
-        assert im.n_frames == 5
+    gif = export_to_gif(frames[0], str(tmp_path / "generated.gif"), fps=7)
+    with PIL.Image.open(gif) as im:
+        assert im.n_frames == 5 and im.size == (64, 48) and im.info["loop"] == 0
+    with pytest.raises(ValueError, match="2"):
+        export_to_video(frames + frames, str(tmp_path / "two.mp4"), fps=7)  # a batch of 2 videos
+    assert not (tmp_path / "two.mp4").exists()
 
 
 def test_replacing_a_component(tiny_svd, pipe):

@@ -53,6 +53,14 @@ class LatentDistribution:
         return self.mean + self.std * noise.to(device=self.mean.device, dtype=self.mean.dtype)
 
 
+def _resnet_stack(in_channels: int, out_channels: int, num_layers: int, groups: int, eps: float) -> nn.ModuleList:
+    """``num_layers`` unconditioned resnets; the first one changes the width."""
+    return nn.ModuleList(
+        ResBlock2D(in_channels if i == 0 else out_channels, out_channels, None, groups=groups, eps=eps)
+        for i in range(num_layers)
+    )
+
+
 class DownEncoderBlock2D(nn.Module):
     """Unconditioned resnets, then an optional stride-2 downsampling conv (padded bottom/right only)."""
 
@@ -66,10 +74,7 @@ class DownEncoderBlock2D(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResBlock2D(in_channels if i == 0 else out_channels, out_channels, None, groups=norm_num_groups, eps=eps)
-            for i in range(num_layers)
-        )
+        self.resnets = _resnet_stack(in_channels, out_channels, num_layers, norm_num_groups, eps)
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels, padding=0)]) if add_downsample else None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -93,10 +98,7 @@ class UpDecoderBlock2D(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResBlock2D(in_channels if i == 0 else out_channels, out_channels, None, groups=norm_num_groups, eps=eps)
-            for i in range(num_layers)
-        )
+        self.resnets = _resnet_stack(in_channels, out_channels, num_layers, norm_num_groups, eps)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
