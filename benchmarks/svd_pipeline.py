@@ -37,7 +37,7 @@ SIZES = {
     "tiny": dict(unet=(32, 64), heads=(1, 2), layers=1, cross=32, vae=(32, 32, 32, 32),
                  clip=(32, 2, 32), run=(3, 32, 48, 2)),
     "small": dict(unet=(64, 128, 128), heads=(2, 4, 4), layers=1, cross=64, vae=(64, 64, 64, 64),
-                  clip=(64, 2, 32), run=(8, 128, 192, 8)),
+                  clip=(64, 2, 32), run=(8, 128, 192, 6)),
     "medium": dict(unet=(160, 320, 640, 640), heads=(5, 10, 20, 20), layers=2, cross=512,
                    vae=(128, 128, 256, 256), clip=(512, 8, 14), run=(14, 320, 512, 25)),
 }
@@ -160,13 +160,16 @@ def cpu_memory(args, folder: Path) -> dict[str, dict]:
 def benchmark(args, folder: Path) -> dict:
     """Load times, warm-up, then alternating timed runs (full call and latent-only) for both libraries."""
     dtype = DTYPES[args.dtype]
-    loads = {lib: [] for lib in LIBRARIES}
-    pipes = {}
+    cuda = args.device.startswith("cuda")
+    loads, weights, pipes = {lib: [] for lib in LIBRARIES}, {}, {}
     for _ in range(2):  # the first load of each warms the file cache and imports; keep the second
         for lib in LIBRARIES:
+            allocated = torch.cuda.memory_allocated() if cuda else 0
             start = time.perf_counter()
-            pipes[lib] = load(lib, folder, args.device, dtype)
+            pipe = load(lib, folder, args.device, dtype)
             loads[lib].append(time.perf_counter() - start)
+            weights[lib] = torch.cuda.memory_allocated() - allocated if cuda else 0  # this copy's weights
+            pipes[lib] = pipe
     for lib in LIBRARIES:
         call(pipes[lib], args, "np")
         call(pipes[lib], args, "latent")
@@ -185,9 +188,10 @@ def benchmark(args, folder: Path) -> dict:
         results[lib] = dict(load_s=loads[lib][-1], call_s=statistics.median(full[lib]), call_runs_s=full[lib],
                             latent_s=statistics.median(latent[lib]), latent_runs_s=latent[lib])
         results[lib]["decode_s"] = results[lib]["call_s"] - results[lib]["latent_s"]
-        if args.device.startswith("cuda"):
-            results[lib]["cuda_peak_mib"] = max(p for p, _ in peaks[lib]) / 2**20
-            results[lib]["cuda_peak_over_before_mib"] = max(p - b for p, b in peaks[lib]) / 2**20
+        if cuda:  # both pipelines sit on the GPU: count this library's weights plus its call's peak
+            results[lib]["cuda_weights_mib"] = weights[lib] / 2**20
+            results[lib]["cuda_call_peak_mib"] = max(p - b for p, b in peaks[lib]) / 2**20
+            results[lib]["cuda_total_mib"] = results[lib]["cuda_weights_mib"] + results[lib]["cuda_call_peak_mib"]
     diff = float(np.abs(outputs["diffusers"] - outputs["vidiff"]).max())
     return dict(results=results, max_abs_diff=diff, output_shape=list(outputs["vidiff"].shape))
 
@@ -197,9 +201,10 @@ def report(env: dict, bench: dict, memory: dict | None) -> dict:
     res = bench["results"]
     rows = [("from_pretrained (s)", "load_s"), ("full call, median (s)", "call_s"),
             ("  encode+denoise: output_type='latent' (s)", "latent_s"), ("  decode+postprocess: difference (s)", "decode_s")]
-    if "cuda_peak_mib" in res["vidiff"]:
-        rows += [("CUDA max_memory_allocated during call (MiB)", "cuda_peak_mib"),
-                 ("  minus memory_allocated before call (MiB)", "cuda_peak_over_before_mib")]
+    if "cuda_total_mib" in res["vidiff"]:
+        rows += [("CUDA weights: allocated by from_pretrained (MiB)", "cuda_weights_mib"),
+                 ("CUDA call: max_memory_allocated - allocated before (MiB)", "cuda_call_peak_mib"),
+                 ("CUDA weights + call peak (MiB)", "cuda_total_mib")]
     table = [(label, res["diffusers"][key], res["vidiff"][key]) for label, key in rows]
     if memory is not None:
         for label, key in (("RSS before call (MiB)", "rss_before_call_mib"), ("peak RSS during call (MiB)", "call_peak_rss_mib"),
@@ -215,6 +220,10 @@ def report(env: dict, bench: dict, memory: dict | None) -> dict:
         ratio = ours / ref if ref > 0 else float("nan")
         ratios[label.strip()] = ratio
         print(f"{label:<{width}}  {ref:>10.3f}  {ours:>10.3f}  {ratio:>16.3f}")
+    for lib in LIBRARIES:
+        spread = lambda runs: f"{min(runs):.3f}-{max(runs):.3f}"  # noqa: E731
+        print(f"{lib} timed runs, min-max (s): full call {spread(res[lib]['call_runs_s'])}, "
+              f"latent {spread(res[lib]['latent_runs_s'])}")
     print(f"\nmax |diffusers - vidiff| over the frames {bench['output_shape']} (values in [0, 1]): {bench['max_abs_diff']:.2e}")
     return ratios
 
