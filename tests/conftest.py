@@ -13,3 +13,13 @@ def tiny_svd(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-svd")
     oracle = save_tiny_svd(folder)
     return folder, oracle
+
+
+@pytest.fixture(scope="session")
+def vidiff_svd(tiny_svd):
+    """The tiny SVD checkpoint loaded by vidiff (progress bars off); tests must not modify it."""
+    from vidiff import StableVideoDiffusionPipeline
+
+    pipe = StableVideoDiffusionPipeline.from_pretrained(tiny_svd[0])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

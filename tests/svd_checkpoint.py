@@ -45,6 +45,8 @@ CLIP_VISION = dict(
     patch_size=32,
     hidden_act="gelu",
 )
+# A fast pipeline call on the tiny checkpoint: non-square, 3 frames, 2 steps, numpy frames out.
+SMALL_CALL = dict(height=32, width=48, num_frames=3, num_inference_steps=2, output_type="np")
 SCHEDULER_CONFIG = Path(__file__).parent / "configs" / "svd_xt_scheduler.json"
 FEATURE_EXTRACTOR_CONFIG = Path(__file__).parent / "configs" / "svd_xt_feature_extractor.json"
 

@@ -11,18 +11,15 @@ import pytest
 import torch
 
 from tests.helpers import max_abs_diff
+from tests.svd_checkpoint import SMALL_CALL as BASE
 from tests.svd_checkpoint import random_image
 from vidiff import StableVideoDiffusionPipeline, export_to_gif, export_to_video, load_image
 
-BASE = dict(height=32, width=48, num_frames=3, num_inference_steps=2, output_type="np")
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_svd):
-    folder, _ = tiny_svd
-    pipe = StableVideoDiffusionPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(vidiff_svd):
+    return vidiff_svd
 
 
 def test_readme_example_writes_mp4_and_gif(pipe, tmp_path):

@@ -7,19 +7,15 @@ import pytest
 import torch
 
 from tests.helpers import max_abs_diff
+from tests.svd_checkpoint import SMALL_CALL as BASE
 from tests.svd_checkpoint import random_image
-from vidiff import StableVideoDiffusionPipeline
 
 TOLERANCE = 1e-4
-BASE = dict(height=32, width=48, num_frames=3, num_inference_steps=2, output_type="np")
 
 
 @pytest.fixture(scope="module")
-def pipes(tiny_svd):
-    folder, oracle = tiny_svd
-    ours = StableVideoDiffusionPipeline.from_pretrained(folder)
-    ours.set_progress_bar_config(disable=True)
-    return ours, oracle
+def pipes(tiny_svd, vidiff_svd):
+    return vidiff_svd, tiny_svd[1]
 
 
 CASES = {
