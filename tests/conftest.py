@@ -23,3 +23,29 @@ def vidiff_svd(tiny_svd):
     pipe = StableVideoDiffusionPipeline.from_pretrained(tiny_svd[0])
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_animatediff(tmp_path_factory):
+    """(root, diffusers oracle): ``root/sd15`` (Stable Diffusion layout), ``root/motion_adapter`` and
+    ``root/animatediff`` (a saved AnimateDiffPipeline), all written by diffusers."""
+    from tests.animatediff_checkpoint import diffusers_pipeline, save_tiny_animatediff
+
+    root = tmp_path_factory.mktemp("tiny-animatediff")
+    save_tiny_animatediff(root)
+    return root, diffusers_pipeline(root)
+
+
+@pytest.fixture(scope="session")
+def vidiff_animatediff(tiny_animatediff):
+    """vidiff's pipeline loaded as the guide does: SD 1.5 folder + motion adapter, then DDIM with the
+    guide's overrides (progress bars off); tests must not modify it."""
+    from tests.animatediff_checkpoint import GUIDE_DDIM
+    from vidiff import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+
+    root = tiny_animatediff[0]
+    adapter = MotionAdapter.from_pretrained(root / "motion_adapter")
+    pipe = AnimateDiffPipeline.from_pretrained(root / "sd15", motion_adapter=adapter)
+    pipe.scheduler = DDIMScheduler.from_pretrained(root / "sd15", subfolder="scheduler", **GUIDE_DDIM)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -2,26 +2,50 @@
 
 Public API::
 
-    from vidiff import StableVideoDiffusionPipeline, load_image, export_to_video, export_to_gif
+    from vidiff import StableVideoDiffusionPipeline, AnimateDiffPipeline, MotionAdapter, DDIMScheduler
+    from vidiff import load_image, export_to_video, export_to_gif
 """
 
 __version__ = "0.1.0"
 
-from .diffusion.schedulers import EulerDiscreteScheduler
+from .diffusion.schedulers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+)
 from .image_processing import CLIPImageProcessor
 from .media import export_to_gif, export_to_video, load_image, load_video
-from .models.clip import CLIPVisionModelWithProjection
+from .models.clip import CLIPTextModel, CLIPVisionModelWithProjection
+from .models.motion_adapter import MotionAdapter
+from .models.unet_2d import UNet2DConditionModel
+from .models.unet_motion import UNetMotionModel
 from .models.unet_svd import UNetSpatioTemporalConditionModel
+from .models.vae_kl import AutoencoderKL
 from .models.vae_temporal import AutoencoderKLTemporalDecoder
+from .pipelines.animatediff import AnimateDiffPipeline
 from .pipelines.frames import VideoPipelineOutput
 from .pipelines.svd import StableVideoDiffusionPipeline
+from .tokenizer import CLIPTokenizer
 
 __all__ = [
+    "AnimateDiffPipeline",
+    "AutoencoderKL",
     "AutoencoderKLTemporalDecoder",
     "CLIPImageProcessor",
+    "CLIPTextModel",
+    "CLIPTokenizer",
     "CLIPVisionModelWithProjection",
+    "DDIMScheduler",
+    "DPMSolverMultistepScheduler",
+    "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
+    "LCMScheduler",
+    "MotionAdapter",
     "StableVideoDiffusionPipeline",
+    "UNet2DConditionModel",
+    "UNetMotionModel",
     "UNetSpatioTemporalConditionModel",
     "VideoPipelineOutput",
     "export_to_gif",

@@ -2,12 +2,16 @@
 
 Per step i (σ_i → σ_{i+1}):
 
-1. network input ``x / sqrt(σ_i² + 1)`` (in the latents' dtype), doubled to ``[uncond, cond]`` along
-   the batch when the guidance needs both branches;
+1. network input ``x / sqrt(σ_i² + 1)`` (VE plans) or ``x`` itself (VP plans), in the latents'
+   dtype, doubled to ``[uncond, cond]`` along the batch when the guidance needs both branches;
 2. one network call with ``plan.timesteps[i]``; the guidance combines the raw outputs (ε or v);
-3. the parameterization turns the combined output into x̂0, from the float32 sample;
+3. the parameterization turns the combined output into x̂0, from the float32 sample (VP plans:
+   with the exact ᾱ_i of ``plan.alphas_cumprod``);
 4. the stepper moves the float32 sample to σ_{i+1}; the result is cast back to the network
    output's dtype (as the reference scheduler does), then ``on_step`` may replace it.
+
+The sample's space (VE ``x0 + σ·ε`` or VP ``sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε``) is the plan's
+parameterization's ``space``; the loop itself is the same for both.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class SamplingPlan:
     parameterization: Parameterization
     stepper: Stepper
     init_noise_sigma: float  # unit noise × this = the initial latents
+    # VP plans only: [N+1] float32 on the CPU, the exact ᾱ of each plan point (σ² = (1 − ᾱ)/ᾱ,
+    # so ᾱ = 0 is σ = ∞); alphas_cumprod[-1] belongs to the final sample.
+    alphas_cumprod: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.sigmas.ndim != 1 or self.timesteps.ndim != 1 or len(self.sigmas) != len(self.timesteps) + 1:
@@ -44,6 +51,17 @@ class SamplingPlan:
                 f"SamplingPlan needs sigmas [N+1] and timesteps [N], got sigmas {list(self.sigmas.shape)} "
                 f"and timesteps {list(self.timesteps.shape)}"
             )
+        if self.parameterization.space == "vp" and self.alphas_cumprod is None:
+            raise ValueError("a SamplingPlan in VP space needs alphas_cumprod [N+1]")
+        if self.alphas_cumprod is not None and self.alphas_cumprod.shape != self.sigmas.shape:
+            raise ValueError(
+                f"SamplingPlan needs alphas_cumprod shaped like sigmas {list(self.sigmas.shape)}, "
+                f"got {list(self.alphas_cumprod.shape)}"
+            )
+
+    def alpha_cumprod(self, index: int) -> Tensor | None:
+        """ᾱ of plan point ``index`` (0-dim float32), or None for a plan without an ᾱ table."""
+        return None if self.alphas_cumprod is None else self.alphas_cumprod[index]
 
     @property
     def num_steps(self) -> int:
@@ -88,13 +106,15 @@ def sample(
         timestep, sigma = plan.timesteps[index], plan.sigmas[index]
         output = _guided_output(network, x, sigma, timestep, inputs, plan.parameterization, guidance)
         x32 = x.to(torch.float32)
-        denoised = plan.parameterization.denoised(output, x32, sigma)
+        denoised = plan.parameterization.denoised(output, x32, sigma, plan.alpha_cumprod(index))
         context = StepContext(
             sigmas=plan.sigmas,
             index=index,
             history=history,
             denoise=_extra_denoise(network, inputs, plan.parameterization, guidance, output.dtype),
             noise=noise,
+            alphas_cumprod=plan.alphas_cumprod,
+            output=output,
         )
         stepped = plan.stepper(x32, denoised, context)
         x, history = stepped.sample.to(output.dtype), stepped.history

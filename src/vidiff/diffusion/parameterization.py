@@ -1,9 +1,15 @@
-"""How a network's raw output and timestep input relate to σ-space.
+"""How a network's raw output and timestep input relate to the sample being denoised.
 
-Sampling happens on ``x = x0 + σ·ε``. A trained network sees ``c_in(σ)·x`` and a timestep
-``c_noise(σ)``, and predicts ε, v or x0 (Karras et al. 2022, Table 1, "VP"/"EDM" columns). A
-:class:`Parameterization` bundles those two choices, so that the loop can turn any network into
-the denoiser ``D(x, σ) → x̂0`` the steppers work with.
+Two sample spaces (``Parameterization.space``):
+
+* ``"ve"``: ``x = x0 + σ·ε``. The network sees ``c_in(σ)·x = x / sqrt(σ² + 1)`` and a timestep
+  ``c_noise(σ)`` (Karras et al. 2022, Table 1, "VP"/"EDM" columns). Euler-type samplers live here.
+* ``"vp"``: ``x = sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε``, the DDPM sample itself, with ᾱ = 1 / (σ² + 1). The
+  network sees ``x`` unscaled. DDIM and LCM step here, with ᾱ read from the float32 training
+  table, and ᾱ = 0 (σ = ∞, zero terminal SNR) stays finite: v-prediction gives x̂0 = −v, ε̂ = x.
+
+A :class:`Parameterization` bundles the space, the prediction type (ε, v or x0) and the timestep
+map, so that the loop can turn any network into the denoiser ``D(x, σ) → x̂0`` the steppers use.
 
 The arithmetic mirrors the reference scheduler's expressions operation by operation (same
 operands, same order, same dtypes), so results are bit-identical: at σ ≈ 700 the sample is ~700
@@ -22,6 +28,8 @@ from torch import Tensor
 
 Prediction = Literal["epsilon", "v_prediction", "sample"]
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
+Space = Literal["ve", "vp"]
+SPACES = ("ve", "vp")
 
 
 class TimestepMap(Protocol):
@@ -69,38 +77,88 @@ class ContinuousTimesteps:
 
 @dataclass(frozen=True, eq=False)
 class Parameterization:
-    """What the network predicts and what timestep it sees, as the scalings of a denoiser.
+    """What the network predicts, what timestep it sees, and which sample space the loop keeps.
 
     ``prediction``: ``"epsilon"`` (the noise), ``"v_prediction"`` (v = α·ε − σ_VP·x0, Salimans & Ho
-    2022) or ``"sample"`` (x0 itself). The network input is always ``x / sqrt(σ² + 1)``: the VE
-    sample rescaled to the unit-variance VP sample the network was trained on.
+    2022) or ``"sample"`` (x0 itself). ``space``: ``"ve"`` (the default; the network input is
+    ``x / sqrt(σ² + 1)``, the VE sample rescaled to the unit-variance sample the network was trained
+    on) or ``"vp"`` (the sample already is that, so the input is ``x`` itself).
     """
 
     prediction: Prediction
     timestep_map: TimestepMap
+    space: Space = "ve"
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {list(PREDICTIONS)}, got {self.prediction!r}")
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {list(SPACES)}, got {self.space!r}")
 
     def timestep(self, sigmas: Tensor) -> Tensor:
         """σ [N] → the timesteps [N] the network is given."""
         return self.timestep_map(sigmas)
 
-    @staticmethod
-    def scale_input(x: Tensor, sigma: Tensor) -> Tensor:
-        """c_in(σ)·x = x / sqrt(σ² + 1), in ``x``'s dtype (σ is a 0-dim float32 tensor)."""
+    def scale_input(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """The network input: ``x / sqrt(σ² + 1)`` in VE space, ``x`` itself in VP space.
+
+        In ``x``'s dtype; σ is a 0-dim float32 tensor.
+        """
+        if self.space == "vp":
+            return x
         return x / ((sigma**2 + 1) ** 0.5)
 
-    def denoised(self, output: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
-        """x̂0 from the raw network ``output`` at the VE sample ``x`` (float32) and 0-dim σ.
+    def denoised(self, output: Tensor, x: Tensor, sigma: Tensor, alpha_cumprod: Tensor | None = None) -> Tensor:
+        """x̂0 from the raw network ``output`` at the sample ``x`` (float32) and 0-dim σ.
 
-        ε: x̂0 = x − σ·ε.  v: x̂0 = x/(σ²+1) − v·σ/sqrt(σ²+1).  sample: x̂0 = output.
+        VE space — ε: x̂0 = x − σ·ε.  v: x̂0 = x/(σ²+1) − v·σ/sqrt(σ²+1).  sample: x̂0 = output.
         The σ·output products stay in the output's dtype before meeting the float32 sample, as
         in the reference step.
+
+        VP space: see :func:`vp_denoised`. ``alpha_cumprod`` is the exact float32 ᾱ of this noise
+        level (a plan's table value); without it ᾱ = 1 / (σ² + 1), exact only up to rounding.
         """
+        if self.space == "vp":
+            return vp_denoised(self.prediction, output, x, _alpha_cumprod(sigma, alpha_cumprod))
         if self.prediction == "epsilon":
             return x - sigma * output
         if self.prediction == "v_prediction":
             return output * (-sigma / (sigma**2 + 1) ** 0.5) + (x / (sigma**2 + 1))
         return output
+
+
+def _alpha_cumprod(sigma: Tensor, alpha_cumprod: Tensor | None) -> Tensor:
+    """The given table value, else ᾱ = 1 / (σ² + 1) (0 at σ = ∞)."""
+    if alpha_cumprod is not None:
+        return alpha_cumprod
+    return 1 / (sigma**2 + 1)
+
+
+# ---------------------------------------------------------------------------- VP-space formulas
+# x = sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε and v = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·x0 (Salimans & Ho 2022, §4).
+# Operands and order follow the reference DDIM/LCM steps, so float32 results agree to the bit;
+# ᾱ is a 0-dim float32 tensor, ``x`` the float32 sample, ``output`` the raw network output.
+def vp_denoised(prediction: Prediction, output: Tensor, x: Tensor, alpha_cumprod: Tensor) -> Tensor:
+    """x̂0 in VP space. ε: (x − sqrt(1−ᾱ)·ε)/sqrt(ᾱ) (infinite at ᾱ = 0); v: sqrt(ᾱ)·x − sqrt(1−ᾱ)·v."""
+    if prediction == "epsilon":
+        return (x - (1 - alpha_cumprod) ** 0.5 * output) / alpha_cumprod**0.5
+    if prediction == "v_prediction":
+        return alpha_cumprod**0.5 * x - (1 - alpha_cumprod) ** 0.5 * output
+    return output
+
+
+def vp_noise(prediction: Prediction, output: Tensor, x: Tensor, alpha_cumprod: Tensor) -> Tensor:
+    """ε̂ in VP space, straight from the raw output (no division by sqrt(ᾱ), so finite at ᾱ = 0).
+
+    ε: the output itself; v: sqrt(ᾱ)·v + sqrt(1−ᾱ)·x; sample: (x − sqrt(ᾱ)·x0)/sqrt(1−ᾱ).
+    """
+    if prediction == "epsilon":
+        return output
+    if prediction == "v_prediction":
+        return alpha_cumprod**0.5 * output + (1 - alpha_cumprod) ** 0.5 * x
+    return noise_from_denoised(output, x, alpha_cumprod)
+
+
+def noise_from_denoised(denoised: Tensor, x: Tensor, alpha_cumprod: Tensor) -> Tensor:
+    """ε̂ = (x − sqrt(ᾱ)·x̂0) / sqrt(1 − ᾱ): the noise a given x̂0 implies at the VP sample ``x``."""
+    return (x - alpha_cumprod**0.5 * denoised) / (1 - alpha_cumprod) ** 0.5

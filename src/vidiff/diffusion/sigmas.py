@@ -95,6 +95,17 @@ def training_alphas_cumprod(
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+def finite_terminal_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
+    """A copy whose last ᾱ is 2⁻²⁴, the smallest positive float16 subnormal (σ_T ≈ 4096).
+
+    A zero-terminal-SNR table ends at ᾱ = 0, σ = ∞, which σ-space schedulers cannot start from;
+    the reference schedulers substitute this value. [T] float32
+    """
+    finite = alphas_cumprod.clone()
+    finite[-1] = 2**-24
+    return finite
+
+
 def sigmas_from_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
     """σ_t = sqrt((1 − ᾱ_t) / ᾱ_t), in the table's order (increasing with t) and dtype. [T]"""
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
@@ -135,6 +146,35 @@ def spaced_timesteps(spacing: str, num_steps: int, num_train_timesteps: int, ste
     raise ValueError(f"timestep_spacing must be one of {list(TIMESTEP_SPACINGS)}, got {spacing!r}")
 
 
+def integer_spaced_timesteps(spacing: str, num_steps: int, num_train_timesteps: int, steps_offset: int = 0) -> Tensor:
+    """:func:`spaced_timesteps` as whole training steps, the DDIM convention. int64, highest first.
+
+    ``"leading"`` and ``"trailing"`` already are whole numbers. ``"linspace"`` is rounded half to
+    even from numpy's float64 ``linspace`` (torch's differs in the last bit often enough to flip a
+    .5 case; the reference uses numpy's) and, as in the reference, ignores ``steps_offset``.
+    """
+    if spacing == "linspace":
+        grid = np.linspace(0, num_train_timesteps - 1, num_steps).round()[::-1].copy()
+        return torch.from_numpy(grid).to(torch.int64)
+    return spaced_timesteps(spacing, num_steps, num_train_timesteps, steps_offset).to(torch.int64)
+
+
+def solver_spaced_timesteps(
+    spacing: str, num_steps: int, num_train_timesteps: int, last_timestep: int, steps_offset: int = 0
+) -> Tensor:
+    """Whole training steps for the multistep-solver convention (DPM-Solver). int64, highest first.
+
+    ``"linspace"`` and ``"leading"`` lay out ``num_steps + 1`` points over ``[0, last_timestep)`` and
+    drop the lowest, so the run never visits t = 0; ``"trailing"`` counts down from
+    ``last_timestep`` in steps of ``num_train_timesteps / num_steps``. ``last_timestep`` < T when
+    the reference clips small λ (``lambda_min_clipped``).
+    """
+    if spacing == "trailing":
+        grid = np.arange(last_timestep, 0, -num_train_timesteps / num_steps).round()
+        return torch.from_numpy(grid).to(torch.int64) - 1
+    return integer_spaced_timesteps(spacing, num_steps + 1, last_timestep, steps_offset)[:-1]
+
+
 # ---------------------------------------------------------------------------- σ schedules
 def interpolate_sigmas(table: Tensor, timesteps: Tensor) -> Tensor:
     """σ at (possibly fractional) ``timesteps``, linear between table entries. float64, [N].
@@ -159,6 +199,14 @@ def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float
     ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
     max_root, min_root = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     return (max_root + ramp * (min_root - max_root)) ** rho
+
+
+def log_uniform_sigmas(num_steps: int, log_sigma_min: float, log_sigma_max: float) -> Tensor:
+    """σ = exp(λ) with λ evenly spaced from ``log_sigma_max`` down to ``log_sigma_min``: DPM-Solver's
+    "uniform λ" schedule (Lu et al. 2022b), whose reference takes the ends from a float32 log table
+    and ramps as ``max + ramp·(min − max)``. float64, [n]."""
+    ramp = torch.from_numpy(np.linspace(0, 1, num_steps))
+    return (log_sigma_max + ramp * (log_sigma_min - log_sigma_max)).exp()
 
 
 def exponential_sigmas(num_steps: int, sigma_min: float, sigma_max: float) -> Tensor:

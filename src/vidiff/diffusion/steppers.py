@@ -2,11 +2,13 @@
 
 A stepper is a pure function ``(x, denoised, step) -> StepOutput``:
 
-* ``x``: the sample at ``step.sigma``, float32, VE space (``x = x0 + σ·ε``);
+* ``x``: the sample at ``step.sigma``, float32, in the plan's space: VE (``x = x0 + σ·ε``) for
+  Euler-type steppers, VP (``x = sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε``, with the plan's exact ᾱ table in
+  ``step.alphas_cumprod``) for DDIM and LCM (:mod:`vidiff.diffusion.steppers_vp`);
 * ``denoised``: x̂0 = D(x, σ_i), already evaluated by the loop (with guidance applied);
 * ``step``: a :class:`StepContext` with the whole σ schedule and index, whatever the previous step
-  left in ``history``, a ``denoise`` callable for solvers that evaluate the model again, and a
-  ``noise`` source for stochastic ones.
+  left in ``history``, a ``denoise`` callable for solvers that evaluate the model again, a
+  ``noise`` source for stochastic ones, and the raw (guided) network ``output`` x̂0 came from.
 
 It returns the sample at ``step.sigma_next`` (float32) and the history its successor needs. The
 signature is meant to carry, besides Euler:
@@ -19,7 +21,7 @@ signature is meant to carry, besides Euler:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -41,6 +43,10 @@ class StepContext:
     history: tuple[Tensor, ...] = ()  # what the previous step returned for this one
     denoise: Denoise | None = None
     noise: NoiseSource | None = None
+    # VP plans: ᾱ at every plan point, [N+1] float32 on the CPU (alphas_cumprod[-1] the final one).
+    alphas_cumprod: Tensor | None = None
+    # The guided network output x̂0 was formed from (ε, v or x0), in the network's dtype.
+    output: Tensor | None = None
 
     @property
     def sigma(self) -> Tensor:
@@ -51,6 +57,13 @@ class StepContext:
     def sigma_next(self) -> Tensor:
         """σ_{i+1}, 0-dim float32."""
         return self.sigmas[self.index + 1]
+
+    @property
+    def alpha_cumprod(self) -> Tensor:
+        """ᾱ_i of a VP plan, 0-dim float32 (a ValueError for a plan without an ᾱ table)."""
+        if self.alphas_cumprod is None:
+            raise ValueError("this stepper works in VP space and needs a plan with an alphas_cumprod table")
+        return self.alphas_cumprod[self.index]
 
 
 class StepOutput(NamedTuple):
@@ -70,6 +83,55 @@ def euler(x: Tensor, denoised: Tensor, step: StepContext) -> StepOutput:
     Written as slope·Δσ added to x, the order the reference Euler scheduler rounds in, so float32
     results agree bit for bit. Keeps no history.
     """
-    sigma = step.sigma
+    return StepOutput(_euler_move(x, denoised, step.sigma, step.sigma_next), step.history)
+
+
+def _euler_move(x: Tensor, denoised: Tensor, sigma: Tensor, target: Tensor) -> Tensor:
+    """x moved along its ODE tangent from σ to ``target`` (0-dim σ), rounded as slope·Δσ + x."""
     slope = (x - denoised) / sigma  # = ε̂, the noise direction
-    return StepOutput(x + slope * (step.sigma_next - sigma), step.history)
+    return x + slope * (target - sigma)
+
+
+def euler_ancestral(x: Tensor, denoised: Tensor, step: StepContext) -> StepOutput:
+    """Ancestral Euler: a deterministic step down to σ_down, then fresh noise of scale σ_up.
+
+    σ_up² + σ_down² = σ_{i+1}², with σ_up the part of the DDPM posterior's variance that is
+    re-drawn (Karras et al. 2022 / k-diffusion's ``get_ancestral_step`` at η = 1). One
+    ``step.noise(x.shape)`` draw per step, every step (also the last, where σ_up = 0), as the
+    reference scheduler draws; the draw keeps the noise source's dtype until it meets x, again
+    as the reference rounds.
+    """
+    if step.noise is None:
+        raise ValueError("euler_ancestral draws fresh noise every step: pass `noise` to the sampling loop")
+    sigma, sigma_next = step.sigma, step.sigma_next
+    sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+    sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+    moved = _euler_move(x, denoised, sigma, sigma_down)
+    return StepOutput(moved + step.noise(x.shape) * sigma_up, step.history)
+
+
+def generator_noise(
+    generator: torch.Generator | Sequence[torch.Generator] | None, device: torch.device, dtype: torch.dtype
+) -> NoiseSource:
+    """A :data:`NoiseSource` drawing from a torch generator the way diffusers' schedulers do.
+
+    For ``scheduler.step(..., generator=...)``: a CPU generator draws on the CPU and the noise
+    moves to ``device``; a list of several holds one generator per batch item, each drawing its
+    own ``[1, ...]`` slice in batch order (a list of one is that one generator); ``None`` uses
+    torch's global RNG.
+    """
+    if isinstance(generator, Sequence) and len(generator) == 1:
+        generator = generator[0]
+
+    def draw(shape: torch.Size, source: torch.Generator | None) -> Tensor:
+        draw_device = device if source is None or source.device.type == device.type else source.device
+        return torch.randn(shape, generator=source, device=draw_device, dtype=dtype).to(device)
+
+    def noise(shape: torch.Size) -> Tensor:
+        if isinstance(generator, Sequence):
+            if len(generator) != shape[0]:
+                raise ValueError(f"`generator` is a list of {len(generator)} for a batch of {shape[0]}; pass one per item")
+            return torch.cat([draw(torch.Size((1, *shape[1:])), source) for source in generator])
+        return draw(torch.Size(shape), generator)
+
+    return noise

@@ -70,3 +70,17 @@ def frame_sequences_to_tokens(sequences: torch.Tensor, seq_len: int) -> torch.Te
         .transpose(1, 2)
         .reshape(batch * num_frames, seq_len, channels)
     )
+
+
+def video_to_frame_sequences(video: torch.Tensor) -> torch.Tensor:
+    """``[B, C, F, H, W]`` → ``[(B·H·W), F, C]`` (copy): one sequence over time per pixel."""
+    batch, channels, frames, height, width = video.shape
+    return video.permute(0, 3, 4, 2, 1).reshape(batch * height * width, frames, channels)
+
+
+def frame_sequences_to_video(sequences: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[(B·H·W), F, C]`` → ``[B, C, F, H, W]`` as a strided view (no copy), the inverse of
+    :func:`video_to_frame_sequences`."""
+    batch_pixels, frames, channels = sequences.shape
+    batch = batch_pixels // (height * width)
+    return sequences.view(batch, height, width, frames, channels).permute(0, 4, 3, 1, 2)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .attention import Attention, FeedForward
+from .embeddings import SinusoidalPositionTable
 
 
 class BasicTransformerBlock(nn.Module):
@@ -14,6 +15,9 @@ class BasicTransformerBlock(nn.Module):
     Works on token sequences ``[N, L, dim]``. Without ``cross_attention_dim`` the block has no
     ``attn2``/``norm2`` unless ``double_self_attention`` asks for a second self-attention.
     ``only_cross_attention`` makes ``attn1`` attend to the context as well.
+    ``positional_embeddings="sinusoidal"`` adds a fixed position code (``pos_embed``, table length
+    ``num_positional_embeddings``) to the normalised input of both attentions, as AnimateDiff's
+    temporal blocks do.
     """
 
     def __init__(
@@ -31,9 +35,12 @@ class BasicTransformerBlock(nn.Module):
         ff_inner_dim: int | None = None,
         ff_bias: bool = True,
         attention_out_bias: bool = True,
+        positional_embeddings: str | None = None,
+        num_positional_embeddings: int | None = None,
     ) -> None:
         super().__init__()
         self.only_cross_attention = only_cross_attention
+        self.pos_embed = _position_table(dim, positional_embeddings, num_positional_embeddings)
 
         def attention(context_dim: int | None) -> Attention:
             return Attention(
@@ -64,7 +71,26 @@ class BasicTransformerBlock(nn.Module):
     ) -> torch.Tensor:
         """``[N, L, dim]`` with context ``[N, L_ctx, cross_attention_dim]`` → ``[N, L, dim]``."""
         self_context = encoder_hidden_states if self.only_cross_attention else None
-        hidden_states = hidden_states + self.attn1(self.norm1(hidden_states), self_context)
+        hidden_states = hidden_states + self.attn1(self._with_positions(self.norm1(hidden_states)), self_context)
         if self.attn2 is not None:
-            hidden_states = hidden_states + self.attn2(self.norm2(hidden_states), encoder_hidden_states)
+            normed = self._with_positions(self.norm2(hidden_states))
+            hidden_states = hidden_states + self.attn2(normed, encoder_hidden_states)
         return hidden_states + self.ff(self.norm3(hidden_states))
+
+    def _with_positions(self, normed: torch.Tensor) -> torch.Tensor:
+        return normed if self.pos_embed is None else self.pos_embed(normed)
+
+
+def _position_table(
+    dim: int, positional_embeddings: str | None, num_positional_embeddings: int | None
+) -> SinusoidalPositionTable | None:
+    if positional_embeddings is None:
+        return None
+    if positional_embeddings != "sinusoidal":
+        raise ValueError(f"positional_embeddings must be None or 'sinusoidal', got {positional_embeddings!r}")
+    if num_positional_embeddings is None or num_positional_embeddings < 1:
+        raise ValueError(
+            "positional_embeddings='sinusoidal' needs num_positional_embeddings (the longest sequence), "
+            f"got {num_positional_embeddings!r}"
+        )
+    return SinusoidalPositionTable(dim, num_positional_embeddings)

@@ -82,10 +82,20 @@ class PretrainedModel(nn.Module):
         with torch.device("meta"):
             model = cls.from_config(raw)
         state = checkpoint.load_state_dict(subfolder, variant=variant, weights_name=cls.weights_name)
+        state = cls.rename_legacy_keys(state)
         loading.load_state_dict_strict(
             model, state, dtype=dtype, device=device, ignore_unexpected=cls.ignored_checkpoint_keys
         )
         return model.eval()
+
+    @classmethod
+    def rename_legacy_keys(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map names of older checkpoint layouts onto this model's names, before the strict load.
+
+        The default returns ``state`` unchanged. A subclass whose published checkpoints used other
+        names overrides this; it must leave current names as they are, so both layouts load.
+        """
+        return state
 
     def save_pretrained(
         self,

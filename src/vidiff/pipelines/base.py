@@ -27,12 +27,16 @@ class Pipeline:
     """
 
     components: ClassVar[dict[str, dict[str, type]]]
+    # Components a checkpoint may lack (absent or ``[null, null]`` in model_index.json): they load as None.
+    optional_components: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, **components: Any) -> None:
         expected = set(self.components)
-        if set(components) != expected:
-            missing, extra = sorted(expected - set(components)), sorted(set(components) - expected)
+        required = expected - self.optional_components
+        if not required <= set(components) <= expected:
+            missing, extra = sorted(required - set(components)), sorted(set(components) - expected)
             raise TypeError(f"{type(self).__name__} needs components {sorted(expected)}; missing {missing}, unexpected {extra}")
+        components = {name: components.get(name) for name in self.components}
         for name, component in components.items():
             setattr(self, name, component)
         self._progress_bar_config: dict[str, Any] = {}
@@ -77,10 +81,25 @@ class Pipeline:
             if name in components:
                 loaded[name] = components[name]
                 continue
+            if not cls._wants_component(name, index):
+                loaded[name] = None
+                continue
             component_class = cls._component_class(checkpoint, index, name, classes)
             logger.info("loading %s (%s) from %s", name, component_class.__name__, checkpoint.name)
             loaded[name] = cls._load_component(component_class, checkpoint, name, dtype, variant, device)
         return cls(**loaded)
+
+    @classmethod
+    def _wants_component(cls, name: str, index: Mapping) -> bool:
+        """Whether to load component ``name`` from a checkpoint whose model_index.json is ``index``.
+
+        Required components always load; optional ones when the index lists them. Names the index
+        lists that the pipeline does not use (e.g. ``safety_checker``) are never read at all.
+        """
+        if name not in cls.optional_components:
+            return True
+        entry = index.get(name)
+        return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
 
     @classmethod
     def _component_class(cls, checkpoint: loading.Checkpoint, index: Mapping, name: str, classes: dict[str, type]) -> type:

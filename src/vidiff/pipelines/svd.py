@@ -19,6 +19,7 @@ from ..image_processing import CLIPImageProcessor
 from ..models.clip import CLIPVisionModelWithProjection
 from ..models.unet_svd import UNetSpatioTemporalConditionModel
 from ..models.vae_temporal import AutoencoderKLTemporalDecoder
+from . import arguments
 from . import frames as frames_io
 from .base import Pipeline
 from .noise import GeneratorInput, check_generator, randn
@@ -140,7 +141,7 @@ class StableVideoDiffusionPipeline(Pipeline):
             cond,
             uncond,
             guidance,
-            on_step=self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs),
+            on_step=arguments.latents_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs),
             progress=lambda steps: self.progress_bar(steps, total=len(plan.timesteps), desc="denoising"),
         )
         if output_type == "latent":
@@ -204,30 +205,13 @@ class StableVideoDiffusionPipeline(Pipeline):
         frames = torch.cat(pieces).float()  # [B·F, 3, H, W]
         return frames.unflatten(0, (batch, num_frames)).permute(0, 2, 1, 3, 4)
 
-    def _step_callback(self, callback, tensor_inputs):
-        if callback is None:
-            return None
-
-        def on_step(index: int, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
-            outputs = callback(self, index, timestep, {name: latents for name in tensor_inputs}) or {}
-            return outputs.get("latents")
-
-        return on_step
-
     @staticmethod
     def _check_arguments(height, width, num_frames, steps, min_scale, max_scale, chunk, videos, output_type, tensor_inputs) -> None:
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0 or value % 8:
-                raise ValueError(f"`{name}` must be a positive multiple of 8, got {value!r}")
-        for name, value in (("num_frames", num_frames), ("num_inference_steps", steps),
-                            ("decode_chunk_size", chunk), ("num_videos_per_prompt", videos)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an integer ≥ 1, got {value!r}")
+        arguments.check_size(height, width, 8)
+        arguments.check_counts(num_frames=num_frames, num_inference_steps=steps, decode_chunk_size=chunk, num_videos_per_prompt=videos)
         if min_scale < 0 or max_scale < 0:
             raise ValueError(f"guidance scales must be ≥ 0, got min_guidance_scale={min_scale}, max_guidance_scale={max_scale}")
         if min_scale > max_scale:
             raise ValueError(f"`min_guidance_scale` ({min_scale}) must not exceed `max_guidance_scale` ({max_scale})")
         frames_io.check_output_type(output_type)
-        bad = sorted(set(tensor_inputs) - set(CALLBACK_TENSOR_INPUTS))
-        if bad:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {list(CALLBACK_TENSOR_INPUTS)}, got {bad}")
+        arguments.check_callback_inputs(tensor_inputs, CALLBACK_TENSOR_INPUTS)

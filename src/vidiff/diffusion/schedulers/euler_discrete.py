@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from numbers import Integral
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from ...config import Config
 from .. import sigmas as schedules
 from ..loop import SamplingPlan
 from ..parameterization import ContinuousTimesteps, DiscreteTimesteps, Parameterization
-from ..steppers import StepContext, euler
+from ..steppers import StepContext, Stepper, euler, generator_noise
 from .base import Scheduler, SchedulerStepOutput, check_choice
 
 SigmaValues = Sequence[float] | Tensor
@@ -56,19 +56,25 @@ class EulerDiscreteConfig(Config):
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        check_choice(owner, "beta_schedule", self.beta_schedule, schedules.BETA_SCHEDULES)
-        check_choice(owner, "prediction_type", self.prediction_type, PREDICTION_TYPES)
+        check_training_options(self, PREDICTION_TYPES)
         check_choice(owner, "interpolation_type", self.interpolation_type, ("linear", "log_linear"))
-        check_choice(owner, "timestep_spacing", self.timestep_spacing, schedules.TIMESTEP_SPACINGS)
         check_choice(owner, "timestep_type", self.timestep_type, ("discrete", "continuous"))
         check_choice(owner, "final_sigmas_type", self.final_sigmas_type, ("zero", "sigma_min"))
         check_choice(owner, "use_beta_sigmas", bool(self.use_beta_sigmas), (False,))
         if bool(self.use_karras_sigmas) and bool(self.use_exponential_sigmas):
             raise ValueError(f"{owner}: use_karras_sigmas and use_exponential_sigmas cannot both be true")
-        if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
-            raise ValueError(f"{owner}: num_train_timesteps must be an int ≥ 2, got {self.num_train_timesteps!r}")
-        if not isinstance(self.steps_offset, int):
-            raise ValueError(f"{owner}: steps_offset must be an int, got {self.steps_offset!r}")
+
+
+def check_training_options(config: Config, prediction_types: Sequence[str]) -> None:
+    """Validate the options every σ-table scheduler shares (β table, prediction, spacing, offset)."""
+    owner = type(config).__name__
+    check_choice(owner, "beta_schedule", config.beta_schedule, schedules.BETA_SCHEDULES)
+    check_choice(owner, "prediction_type", config.prediction_type, prediction_types)
+    check_choice(owner, "timestep_spacing", config.timestep_spacing, schedules.TIMESTEP_SPACINGS)
+    if not isinstance(config.num_train_timesteps, int) or config.num_train_timesteps < 2:
+        raise ValueError(f"{owner}: num_train_timesteps must be an int ≥ 2, got {config.num_train_timesteps!r}")
+    if not isinstance(config.steps_offset, int):
+        raise ValueError(f"{owner}: steps_offset must be an int, got {config.steps_offset!r}")
 
 
 class EulerDiscreteScheduler(Scheduler):
@@ -81,6 +87,8 @@ class EulerDiscreteScheduler(Scheduler):
     config_class = EulerDiscreteConfig
     config: EulerDiscreteConfig
     order = 1
+    # How plan() and step() move the sample; a subclass with another stepper shares the schedule.
+    stepper: ClassVar[Stepper] = staticmethod(euler)
 
     def __init__(self, config: Config | dict[str, Any] | None = None, **options: Any) -> None:
         super().__init__(config, **options)
@@ -90,9 +98,8 @@ class EulerDiscreteScheduler(Scheduler):
             cfg.trained_betas, cfg.rescale_betas_zero_snr,
         )
         if cfg.rescale_betas_zero_snr:
-            # ᾱ_T = 0 means σ_T = ∞, which an Euler step cannot start from; like the reference, use
-            # the smallest positive float16 subnormal instead (σ_T ≈ 4096).
-            alphas_cumprod[-1] = 2**-24
+            # ᾱ_T = 0 means σ_T = ∞, which an Euler step cannot start from.
+            alphas_cumprod = schedules.finite_terminal_alphas_cumprod(alphas_cumprod)
         self.alphas_cumprod = alphas_cumprod  # [T] float32
         self.training_sigmas = schedules.sigmas_from_alphas_cumprod(alphas_cumprod)  # [T], increasing
         self._discrete_timesteps = DiscreteTimesteps(schedules.log_sigmas(self.training_sigmas))
@@ -130,7 +137,7 @@ class EulerDiscreteScheduler(Scheduler):
             sigmas=all_sigmas[: len(step_timesteps) + 1],
             timesteps=step_timesteps.to(device),
             parameterization=self.parameterization,
-            stepper=euler,
+            stepper=self.stepper,
             init_noise_sigma=self._init_noise_sigma(all_sigmas),
         )
 
@@ -275,10 +282,10 @@ class EulerDiscreteScheduler(Scheduler):
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ) -> SchedulerStepOutput | tuple[Tensor, Tensor]:
-        """One Euler step from the raw ``model_output`` at ``timestep`` (a value of ``.timesteps``).
+        """One step from the raw ``model_output`` at ``timestep`` (a value of ``.timesteps``).
 
         The sample is upcast to float32 for the step and the result cast to ``model_output``'s dtype.
-        ``generator`` is accepted for interface compatibility (this step draws no noise).
+        ``generator`` feeds steppers that draw noise (Euler's draws none).
         """
         if isinstance(timestep, int) or (isinstance(timestep, Tensor) and not timestep.is_floating_point()):
             raise ValueError(
@@ -288,7 +295,8 @@ class EulerDiscreteScheduler(Scheduler):
         index = self._current_index(timestep)
         x = sample.to(torch.float32)
         denoised = self.parameterization.denoised(model_output, x, self.sigmas[index])
-        stepped = euler(x, denoised, StepContext(sigmas=self.sigmas, index=index))
+        noise = generator_noise(generator, model_output.device, model_output.dtype)
+        stepped = self.stepper(x, denoised, StepContext(sigmas=self.sigmas, index=index, noise=noise))
         prev_sample = stepped.sample.to(model_output.dtype)
         self._step_index = index + 1
         if not return_dict:
@@ -300,7 +308,7 @@ class EulerDiscreteScheduler(Scheduler):
 
 
 def _check_request(
-    config: EulerDiscreteConfig, num_inference_steps: int | None, sigmas: Any, timesteps: Any
+    config: Config, num_inference_steps: int | None, sigmas: Any, timesteps: Any
 ) -> None:
     """Exactly one of the three schedule requests, each valid for this config."""
     requests = (("num_inference_steps", num_inference_steps), ("sigmas", sigmas), ("timesteps", timesteps))

@@ -1,0 +1,41 @@
+"""Validation of the call arguments pipelines share, with errors that name the argument."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+
+def check_size(height: Any, width: Any, multiple: int) -> None:
+    """``height`` and ``width`` must be positive multiples of ``multiple`` (the VAE's scale factor)."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple:
+            raise ValueError(f"`{name}` must be a positive multiple of {multiple}, got {value!r}")
+
+
+def check_counts(**counts: Any) -> None:
+    """Every keyword must be an integer ≥ 1 (frames, steps, videos, chunk sizes)."""
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be an integer ≥ 1, got {value!r}")
+
+
+def check_callback_inputs(tensor_inputs: Sequence[str], allowed: Sequence[str]) -> None:
+    bad = sorted(set(tensor_inputs) - set(allowed))
+    if bad:
+        raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {list(allowed)}, got {bad}")
+
+
+def latents_callback(pipe: Any, callback: Callable | None, tensor_inputs: Sequence[str]):
+    """Adapt diffusers' ``callback_on_step_end(pipe, step, timestep, tensors) -> dict`` to the loop's
+    ``on_step``: the callback sees the latents and may return replacement ``"latents"``."""
+    if callback is None:
+        return None
+
+    def on_step(index: int, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
+        outputs = callback(pipe, index, timestep, {name: latents for name in tensor_inputs}) or {}
+        return outputs.get("latents")
+
+    return on_step
