@@ -231,7 +231,8 @@ def test_tiny_tokenizer_fixture_has_clip_layout(tmp_path):
     assert (tmp_path / "merges.txt").read_text().startswith("#version")
     assert hf.pad_token == hf.eos_token == "<|endoftext|>" and hf.bos_token == "<|startoftext|>"
     assert len(hf("marmalade").input_ids) > 3  # a word the merges do not cover splits into pieces
-    assert hf("the dog").input_ids == [vocab["<|startoftext|>"], vocab["the</w>"], vocab["dog</w>"], vocab["<|endoftext|>"]]
+    start, end = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    assert hf("the dog").input_ids == [start, vocab["the</w>"], vocab["dog</w>"], end]
 
 
 def test_tokenizer_component_matches_transformers(text_stack):

@@ -31,10 +31,8 @@ class FakeNetwork:
         self.mix = torch.eye(4) + 0.2 * torch.randn(4, 4, generator=gen)
         self.cond_mix = 0.5 * torch.randn(4, 4, generator=gen)
         self.bias = torch.randn(SHAPE[1:], generator=gen)
-        self.timesteps: list[float] = []
 
     def __call__(self, x, timestep, inputs):
-        self.timesteps.append(float(timestep))
         mixed = torch.einsum("oc,bcfhw->bofhw", self.mix.to(x.dtype), x)
         text = torch.einsum("oc,bcfhw->bofhw", self.cond_mix.to(x.dtype), inputs["text"])
         return 0.3 * mixed + torch.sin(timestep / 100) * self.bias.to(x.dtype) + torch.cos(timestep / 300) * text

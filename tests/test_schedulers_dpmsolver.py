@@ -1,4 +1,4 @@
-"""DPMSolverMultistepScheduler against diffusers': schedules, solver steps (all orders and algorithms), the loop, config IO."""
+"""DPMSolverMultistepScheduler against diffusers': schedules, solver steps of every kind, the loop, config IO."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ from vidiff.diffusion.steppers import generator_noise
 
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}
 # The AnimateDiff guide's DPM++ SDE Karras setup on the SD-1.5 table.
-ANIMATEDIFF_SDE_KARRAS = {**SD, "beta_schedule": "linear", "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}
+ANIMATEDIFF_SDE_KARRAS = {
+    **SD, "beta_schedule": "linear", "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True,
+}
 SHAPE = (2, 4, 3, 4, 5)  # [B, C, F, H, W]
 
 
@@ -175,7 +177,8 @@ def step_both(config: dict, num_steps: int, dtype=torch.float32) -> None:
         step_ref = reference.step(output, t_ref, x, generator=reference_gen).prev_sample
         assert step.dtype == step_ref.dtype == dtype
         assert torch.isfinite(step_ref).all(), f"{config}: pick a finite case"
-        assert torch.equal(step, step_ref), f"{config}, {num_steps} steps, t={int(t_ref)}: {max_abs_diff(step, step_ref)}"
+        what = f"{config}, {num_steps} steps, t={int(t_ref)}: {max_abs_diff(step, step_ref)}"
+        assert torch.equal(step, step_ref), what
         x = step_ref
     assert ours.step_index == reference.step_index == num_steps
     assert torch.equal(torch.randn(3, generator=ours_gen), torch.randn(3, generator=reference_gen))  # same draws
@@ -236,7 +239,8 @@ def test_begin_index_and_unknown_timestep():
     ours.set_begin_index(2)
     reference.set_begin_index(2)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(ours.step(x, ours.timesteps[2], x).prev_sample, reference.step(x, reference.timesteps[2], x).prev_sample)
+    step, step_ref = ours.step(x, ours.timesteps[2], x), reference.step(x, reference.timesteps[2], x)
+    assert torch.equal(step.prev_sample, step_ref.prev_sample)
     assert ours.step_index == reference.step_index == 3
 
 
@@ -289,7 +293,8 @@ def run_ours(config, num_steps, scale, seed, dtype=torch.float32):
     noise = generator_noise(torch.Generator().manual_seed(seed), torch.device("cpu"), torch.float32)
     cond, uncond = conditioning(dtype)
     guidance = ClassifierFreeGuidance(scale) if scale else NoGuidance()
-    return sample(FakeNetwork(), initial_noise(dtype) * plan.init_noise_sigma, plan, cond, uncond, guidance, noise=noise)
+    latents = initial_noise(dtype) * plan.init_noise_sigma
+    return sample(FakeNetwork(), latents, plan, cond, uncond, guidance, noise=noise)
 
 
 LOOP_CASES = [

@@ -123,6 +123,7 @@ def test_trained_betas_and_initial_state():
 
 
 # ---------------------------------------------------------------------------- steps with seeded noise
+ZERO_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}
 COSINE = {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"}  # σ_max ≈ 2e4: not for float16
 
 
@@ -131,7 +132,7 @@ COSINE = {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"} 
     [(SD, torch.float32), (SD, torch.float16),
      ({**SD, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}, torch.float32),
      ({**SD, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}, torch.float16),
-     ({"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}, torch.float32),
+     (ZERO_SNR, torch.float32),
      (COSINE, torch.float32)],
 )
 def test_step_matches_reference_with_same_generator(config, dtype):

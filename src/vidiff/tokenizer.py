@@ -98,7 +98,8 @@ class CLIPTokenizer:
                 tokenizer = transformers.CLIPTokenizer.from_pretrained(folder, local_files_only=True)
             except (OSError, ValueError) as error:
                 raise ValueError(
-                    f"The tokenizer files {relpaths} of {checkpoint.name} could not be read as a CLIP tokenizer: {error}"
+                    f"The tokenizer files {relpaths} of {checkpoint.name} could not be read as a CLIP "
+                    f"tokenizer: {error}"
                 ) from error
         return cls(tokenizer)
 

@@ -130,7 +130,7 @@ def generator_noise(
     def noise(shape: torch.Size) -> Tensor:
         if isinstance(generator, Sequence):
             if len(generator) != shape[0]:
-                raise ValueError(f"`generator` is a list of {len(generator)} for a batch of {shape[0]}; pass one per item")
+                raise ValueError(f"`generator` lists {len(generator)} generators for a batch of {shape[0]}")
             return torch.cat([draw(torch.Size((1, *shape[1:])), source) for source in generator])
         return draw(torch.Size(shape), generator)
 

@@ -63,7 +63,11 @@ class DPMSolverStepper:
     ``order`` is the most the solver uses (``solver_order``); fewer previous outputs than that
     (the first steps) or the ``lower_order_final`` / ``euler_at_final`` rules near the end take a
     lower order, exactly as the reference decides. The SDE algorithms draw one
-    ``step.noise(x.shape)`` per step, on every step, upcast to float32.
+    ``step.noise(x.shape)`` per step, on every step, upcast to float32 (the reference draws float32
+    noise, so a noise source should give float32 for float16 latents to reproduce its draws).
+
+    Needs the raw network output (``step.output``); the loop's generic ``denoised`` is not used,
+    since the reference forms x̂0 from α, σ_VP rather than from the ᾱ of a VP plan.
     """
 
     prediction: Prediction
@@ -111,7 +115,7 @@ class DPMSolverStepper:
             moved = moved + coefficient * term
         if noise is not None:
             moved = moved + update.noise * noise
-        return StepOutput(moved, outputs[len(outputs) - self.order + 1 :] if self.order > 1 else ())
+        return StepOutput(moved, outputs[-(self.order - 1) :] if self.order > 1 else ())
 
     def order_at(self, index: int, num_steps: int, num_previous: int) -> int:
         """The order the reference uses at step ``index`` of ``num_steps`` with ``num_previous`` outputs kept."""
@@ -148,7 +152,9 @@ class DPMSolverStepper:
         limited = self.limit((x - sigma_vp * noise) / alpha)
         return (x - alpha * limited) / sigma_vp
 
-    def _update(self, order: int, levels: list[NoiseLevel], outputs: tuple[Tensor, ...]):
+    def _update(
+        self, order: int, levels: list[NoiseLevel], outputs: tuple[Tensor, ...]
+    ) -> tuple[Update, list[Tensor]]:
         """(coefficients, [D_0, D_1, …]) of an ``order`` step; ``levels`` = [t, s0, s1, s2][: order + 1]."""
         target, current = levels[0], levels[1]
         h = target.log_snr - current.log_snr
@@ -217,13 +223,21 @@ def third_order(algorithm: str, t: NoiseLevel, s: NoiseLevel, h: Tensor) -> Upda
         decay = torch.exp(-h) - 1.0
         return Update(
             t.sigma / s.sigma,
-            (-(t.alpha * decay), t.alpha * (decay / h + 1.0), -(t.alpha * ((torch.exp(-h) - 1.0 + h) / h**2 - 0.5))),
+            (
+                -(t.alpha * decay),
+                t.alpha * (decay / h + 1.0),
+                -(t.alpha * ((torch.exp(-h) - 1.0 + h) / h**2 - 0.5)),
+            ),
         )
     if algorithm == "dpmsolver":
         growth = torch.exp(h) - 1.0
         return Update(
             t.alpha / s.alpha,
-            (-(t.sigma * growth), -(t.sigma * (growth / h - 1.0)), -(t.sigma * ((torch.exp(h) - 1.0 - h) / h**2 - 0.5))),
+            (
+                -(t.sigma * growth),
+                -(t.sigma * (growth / h - 1.0)),
+                -(t.sigma * ((torch.exp(h) - 1.0 - h) / h**2 - 0.5)),
+            ),
         )
     decay = 1.0 - torch.exp(-2.0 * h)
     return Update(

@@ -130,8 +130,8 @@ class DDIMScheduler(Scheduler):
         self.num_inference_steps = num_inference_steps
 
     def scale_model_input(self, sample: Tensor, timestep: int | Tensor | None = None) -> Tensor:
-        """The network input: the VP sample itself."""
-        return self.parameterization.scale_input(sample, torch.zeros(()))
+        """The network input: the VP sample itself (VP space needs no input scaling)."""
+        return sample
 
     def step(
         self,

@@ -27,7 +27,7 @@ from ...config import Config
 from .. import sigmas as schedules
 from ..loop import SamplingPlan
 from ..parameterization import PREDICTIONS, DiscreteTimesteps, Parameterization
-from ..steppers import StepContext, generator_noise
+from ..steppers import NoiseSource, StepContext, generator_noise
 from ..steppers_dpm import ALGORITHMS, SOLVER_TYPES, DPMSolverStepper
 from ..steppers_vp import DynamicThreshold
 from .base import Scheduler, SchedulerStepOutput, check_choice
@@ -237,8 +237,9 @@ class DPMSolverMultistepScheduler(Scheduler):
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps or timesteps")
         if num_inference_steps is not None:
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-                raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+            count = num_inference_steps
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"num_inference_steps must be a positive int, got {count!r}")
         elif cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_lu_lambdas:
             raise ValueError(
                 "custom timesteps cannot be combined with use_karras_sigmas, use_exponential_sigmas or use_lu_lambdas"
@@ -256,7 +257,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         hand-written loop; resets the step counter and the solver's history. ``mu`` (flow matching's
         dynamic shift) is not supported."""
         if mu is not None:
-            raise ValueError("mu is flow matching's dynamic shift (use_dynamic_shifting), which vidiff does not support")
+            raise ValueError("mu is flow matching's dynamic shift (use_dynamic_shifting); vidiff does not support it")
         self.sigmas, step_timesteps = self._schedule(num_inference_steps, timesteps)
         self.timesteps = step_timesteps.to(device)
         self.num_inference_steps = len(step_timesteps)
@@ -316,15 +317,13 @@ class DPMSolverMultistepScheduler(Scheduler):
             begin = self._begin_index
             self._step_index = begin if begin is not None else self.index_for_timestep(timestep)
         index = self._step_index
+        noise = generator_noise(generator, model_output.device, torch.float32)  # the reference's float32 draw
         if variance_noise is not None:
-            fixed = variance_noise.to(device=model_output.device, dtype=torch.float32)
-            noise = lambda shape: fixed  # noqa: E731 - a NoiseSource returning the caller's draw
-        else:
-            noise = generator_noise(generator, model_output.device, torch.float32)
-        x = sample.to(torch.float32)
+            noise = _given_noise(variance_noise.to(device=model_output.device, dtype=torch.float32))
+        x, sigma = sample.to(torch.float32), self.sigmas[index]
         context = StepContext(sigmas=self.sigmas, index=index, history=self._history, noise=noise, output=model_output)
-        denoised = self.parameterization.denoised(model_output, x, self.sigmas[index], 1 / (self.sigmas[index] ** 2 + 1))
-        stepped = self.stepper(x, denoised, context)
+        # The stepper converts the raw output itself; this x̂0 only fills the signature.
+        stepped = self.stepper(x, self.parameterization.denoised(model_output, x, sigma, 1 / (sigma**2 + 1)), context)
         prev_sample = stepped.sample.to(model_output.dtype)
         self._history, self._step_index = stepped.history, index + 1
         if not return_dict:
@@ -333,3 +332,14 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+
+def _given_noise(noise: Tensor) -> NoiseSource:
+    """A noise source that hands out the caller's ``variance_noise``."""
+
+    def draw(shape: torch.Size) -> Tensor:
+        if noise.shape != shape:
+            raise ValueError(f"variance_noise has shape {list(noise.shape)}, the sample {list(shape)}")
+        return noise
+
+    return draw

@@ -148,7 +148,8 @@ class LCMScheduler(Scheduler):
             start = max(count - min(int(count * strength), count), 0)
             steps = steps[start:]
         else:
-            steps, count = _spread(origin, num_inference_steps, original, strength, cfg.num_train_timesteps), num_inference_steps
+            count = num_inference_steps
+            steps = _spread(origin, count, original, strength, cfg.num_train_timesteps)
         if len(steps) == 0:
             raise ValueError(f"strength={strength} leaves no timesteps of the {count} scheduled; raise it")
         return steps, count
@@ -192,8 +193,8 @@ class LCMScheduler(Scheduler):
         return int(matches[1 if len(matches) > 1 else 0].item())
 
     def scale_model_input(self, sample: Tensor, timestep: int | Tensor | None = None) -> Tensor:
-        """The network input: the VP sample itself."""
-        return self.parameterization.scale_input(sample, torch.zeros(()))
+        """The network input: the VP sample itself (VP space needs no input scaling)."""
+        return sample
 
     def step(
         self,

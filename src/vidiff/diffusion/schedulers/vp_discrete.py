@@ -113,7 +113,11 @@ def check_step_count(name: str, value: Any, num_train_timesteps: int) -> None:
 
 def as_timestep(timestep: Any) -> int:
     """A whole-number timestep (int, integral float or 0-dim tensor) as an int; ValueError otherwise."""
-    value = timestep.item() if isinstance(timestep, Tensor) else timestep
+    if isinstance(timestep, Tensor):
+        if timestep.numel() != 1:
+            raise ValueError(f"timestep must be a single value, got a tensor of shape {list(timestep.shape)}")
+        timestep = timestep.item()
+    value = timestep
     if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
         raise ValueError(f"timestep must be a whole training step (an int or 0-dim tensor), got {timestep!r}")
     return int(value)
