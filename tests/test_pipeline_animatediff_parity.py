@@ -77,6 +77,7 @@ SCHEDULER_CASES = {
     "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}, {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {}, dict(num_inference_steps=5)),
     "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", dict(use_karras_sigmas=True), dict(num_inference_steps=5)),
+    "sde_dpmpp_karras": ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++", use_karras_sigmas=True), dict(num_inference_steps=4)),
     "lcm": ("LCMScheduler", {}, dict(num_inference_steps=4, guidance_scale=1.0)),
 }
 

@@ -30,8 +30,10 @@ from torch import Tensor
 
 # (x [B, C, F, H, W] float32 at σ, σ 0-dim float32) -> x̂0 float32: one more model evaluation.
 Denoise = Callable[[Tensor, Tensor], Tensor]
-# shape -> fresh unit Gaussian noise on the sample's device; the caller owns the RNG.
-NoiseSource = Callable[[torch.Size], Tensor]
+# (shape, dtype=None) -> fresh unit Gaussian noise on the sample's device; the caller owns the RNG.
+# ``dtype`` is the precision the reference draws in when it is not the sample's (DPM-Solver's SDE
+# variants draw float32 noise for float16 latents, and a float16 draw gives other numbers).
+NoiseSource = Callable[..., Tensor]
 
 
 @dataclass(frozen=True)
@@ -122,16 +124,30 @@ def generator_noise(
     """
     if isinstance(generator, Sequence) and len(generator) == 1:
         generator = generator[0]
+    default_dtype = dtype
 
     def draw(shape: torch.Size, source: torch.Generator | None) -> Tensor:
         draw_device = device if source is None or source.device.type == device.type else source.device
         return torch.randn(shape, generator=source, device=draw_device, dtype=dtype).to(device)
 
-    def noise(shape: torch.Size) -> Tensor:
+    def noise(shape: torch.Size, dtype: torch.dtype | None = None) -> Tensor:
+        if dtype is not None and dtype != default_dtype:
+            return generator_noise(generator, device, dtype)(shape)
         if isinstance(generator, Sequence):
             if len(generator) != shape[0]:
                 raise ValueError(f"`generator` lists {len(generator)} generators for a batch of {shape[0]}")
             return torch.cat([draw(torch.Size((1, *shape[1:])), source) for source in generator])
         return draw(torch.Size(shape), generator)
+
+    return noise
+
+
+def given_noise(variance_noise: Tensor) -> NoiseSource:
+    """A noise source that hands out the caller's own draw (diffusers' ``variance_noise``)."""
+
+    def noise(shape: torch.Size, dtype: torch.dtype | None = None) -> Tensor:
+        if variance_noise.shape != shape:
+            raise ValueError(f"variance_noise must have the sample's shape {list(shape)}, got {list(variance_noise.shape)}")
+        return variance_noise if dtype is None else variance_noise.to(dtype)
 
     return noise

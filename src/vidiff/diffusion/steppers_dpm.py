@@ -63,8 +63,8 @@ class DPMSolverStepper:
     ``order`` is the most the solver uses (``solver_order``); fewer previous outputs than that
     (the first steps) or the ``lower_order_final`` / ``euler_at_final`` rules near the end take a
     lower order, exactly as the reference decides. The SDE algorithms draw one
-    ``step.noise(x.shape)`` per step, on every step, upcast to float32 (the reference draws float32
-    noise, so a noise source should give float32 for float16 latents to reproduce its draws).
+    ``step.noise(x.shape, torch.float32)`` per step, on every step: the reference draws float32
+    noise whatever the latents' dtype.
 
     Needs the raw network output (``step.output``); the loop's generic ``denoised`` is not used,
     since the reference forms x̂0 from α, σ_VP rather than from the ᾱ of a VP plan.
@@ -107,7 +107,7 @@ class DPMSolverStepper:
         converted = self.convert(step.output, x.to(step.output.dtype), step.sigma)
         outputs = (*step.history, converted)  # oldest first, the newest last
         order = self.order_at(step.index, len(step.sigmas) - 1, len(step.history))
-        noise = step.noise(x.shape).to(torch.float32) if self.stochastic else None
+        noise = step.noise(x.shape, torch.float32) if self.stochastic else None
         levels = [noise_level(step.sigmas[step.index + 1 - k]) for k in range(order + 1)]  # [t, s0, s1, …]
         update, data = self._update(order, levels, outputs)
         moved = update.sample * x

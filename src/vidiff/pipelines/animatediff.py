@@ -204,7 +204,7 @@ class AnimateDiffPipeline(Pipeline):
             cond,
             uncond,
             ClassifierFreeGuidance(guidance_scale) if guided else NoGuidance(),
-            noise=lambda noise_shape: randn(noise_shape, generator, device=device, dtype=latents.dtype),
+            noise=lambda noise_shape, noise_dtype=None: randn(noise_shape, generator, device=device, dtype=noise_dtype or latents.dtype),
             on_step=arguments.latents_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs),
             progress=lambda steps: self.progress_bar(steps, total=plan.num_steps, desc="denoising"),
         )

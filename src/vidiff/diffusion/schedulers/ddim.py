@@ -20,7 +20,7 @@ from torch import Tensor
 from ...config import Config
 from .. import sigmas as schedules
 from ..loop import SamplingPlan
-from ..steppers import NoiseSource, StepContext, generator_noise
+from ..steppers import StepContext, generator_noise, given_noise
 from ..steppers_vp import DDIMStepper
 from .base import Scheduler, SchedulerStepOutput
 from .vp_discrete import AlphaTable, as_timestep, check_step_count, check_vp_options, config_limit, plan_sigmas
@@ -158,7 +158,7 @@ class DDIMScheduler(Scheduler):
         points = torch.stack([alpha, landing[0]])  # [2]: this step's start and landing ᾱ
         noise = generator_noise(generator, model_output.device, model_output.dtype)
         if variance_noise is not None:
-            noise = _given_noise(variance_noise)
+            noise = given_noise(variance_noise)
         context = StepContext(
             sigmas=plan_sigmas(points), index=0, noise=noise, alphas_cumprod=points, output=model_output
         )
@@ -175,14 +175,3 @@ class DDIMScheduler(Scheduler):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
-
-
-def _given_noise(variance_noise: Tensor) -> NoiseSource:
-    """A noise source that hands out the caller's own draw (diffusers' ``variance_noise``)."""
-
-    def noise(shape: torch.Size) -> Tensor:
-        if variance_noise.shape != shape:
-            raise ValueError(f"variance_noise must have the sample's shape {list(shape)}, got {list(variance_noise.shape)}")
-        return variance_noise
-
-    return noise

@@ -27,7 +27,7 @@ from ...config import Config
 from .. import sigmas as schedules
 from ..loop import SamplingPlan
 from ..parameterization import PREDICTIONS, DiscreteTimesteps, Parameterization
-from ..steppers import NoiseSource, StepContext, generator_noise
+from ..steppers import StepContext, generator_noise, given_noise
 from ..steppers_dpm import ALGORITHMS, SOLVER_TYPES, DPMSolverStepper
 from ..steppers_vp import DynamicThreshold
 from .base import Scheduler, SchedulerStepOutput, check_choice
@@ -319,7 +319,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         index = self._step_index
         noise = generator_noise(generator, model_output.device, torch.float32)  # the reference's float32 draw
         if variance_noise is not None:
-            noise = _given_noise(variance_noise.to(device=model_output.device, dtype=torch.float32))
+            noise = given_noise(variance_noise.to(device=model_output.device, dtype=torch.float32))
         x, sigma = sample.to(torch.float32), self.sigmas[index]
         context = StepContext(sigmas=self.sigmas, index=index, history=self._history, noise=noise, output=model_output)
         # The stepper converts the raw output itself; this x̂0 only fills the signature.
@@ -332,14 +332,3 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
-
-
-def _given_noise(noise: Tensor) -> NoiseSource:
-    """A noise source that hands out the caller's ``variance_noise``."""
-
-    def draw(shape: torch.Size) -> Tensor:
-        if noise.shape != shape:
-            raise ValueError(f"variance_noise has shape {list(noise.shape)}, the sample {list(shape)}")
-        return noise
-
-    return draw
