@@ -120,10 +120,6 @@ class AnimateDiffPipeline(Pipeline):
             return DDIMScheduler
         return super()._component_class(checkpoint, index, name, classes)
 
-    @property
-    def vae_scale_factor(self) -> int:
-        """Pixels per latent cell along each side (8 for Stable Diffusion's VAE)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -248,9 +244,7 @@ class AnimateDiffPipeline(Pipeline):
 
     def _initial_latents(self, shape, latents, generator, device, dtype) -> torch.Tensor:
         if latents is not None:
-            if tuple(latents.shape) != tuple(shape):
-                raise ValueError(f"`latents` must have shape [B, C, F, H/8, W/8] = {list(shape)}, got {list(latents.shape)}")
-            return latents.to(device=device, dtype=dtype)
+            return arguments.given_latents(latents, shape, device, dtype)
         return randn(shape, generator, device=device, dtype=dtype)  # [B, 4, F, h, w], diffusers' layout too
 
     def _decode(self, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:

@@ -28,6 +28,15 @@ def check_callback_inputs(tensor_inputs: Sequence[str], allowed: Sequence[str]) 
         raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {list(allowed)}, got {bad}")
 
 
+def given_latents(latents: Any, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The caller's initial ``latents``, checked against the expected ``[B, C, F, H/8, W/8]`` shape."""
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"`latents` must be a torch.Tensor [B, C, F, H/8, W/8], got {type(latents).__name__}")
+    if tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"`latents` must have shape [B, C, F, H/8, W/8] = {list(shape)}, got {list(latents.shape)}")
+    return latents.to(device=device, dtype=dtype)
+
+
 def latents_callback(pipe: Any, callback: Callable | None, tensor_inputs: Sequence[str]):
     """Adapt diffusers' ``callback_on_step_end(pipe, step, timestep, tensors) -> dict`` to the loop's
     ``on_step``: the callback sees the latents and may return replacement ``"latents"``."""

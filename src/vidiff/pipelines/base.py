@@ -140,6 +140,11 @@ class Pipeline:
                 component.save_pretrained(directory / name)
         loading.write_json(directory / "model_index.json", index)
 
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side: 2 per VAE down block after the first (8 for the released VAEs)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     # ------------------------------------------------------------------ devices and dtypes
     def _modules(self) -> list[torch.nn.Module]:
         return [c for c in (getattr(self, n) for n in self.components) if isinstance(c, torch.nn.Module)]

@@ -50,10 +50,6 @@ class StableVideoDiffusionPipeline(Pipeline):
     scheduler: EulerDiscreteScheduler
     feature_extractor: CLIPImageProcessor
 
-    @property
-    def vae_scale_factor(self) -> int:
-        """Pixels per latent cell along each side (8 for the released VAE)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
     def __call__(
@@ -180,9 +176,7 @@ class StableVideoDiffusionPipeline(Pipeline):
 
     def _initial_latents(self, shape, latents, generator, device, dtype) -> torch.Tensor:
         if latents is not None:
-            if tuple(latents.shape) != tuple(shape):
-                raise ValueError(f"`latents` must have shape [B, C, F, H/8, W/8] = {list(shape)}, got {list(latents.shape)}")
-            return latents.to(device=device, dtype=dtype)
+            return arguments.given_latents(latents, shape, device, dtype)
         batch, channels, num_frames, h, w = shape
         # diffusers draws [B, F, C, h, w]; draw the same numbers, then move to vidiff's layout.
         noise = randn((batch, num_frames, channels, h, w), generator, device=device, dtype=dtype)
