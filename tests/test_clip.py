@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from tests.helpers import max_abs_diff, perturb_
+from tests.helpers import assert_same_state_dict_schema, max_abs_diff, perturb_, published_config
 from vidiff.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-CONFIGS = Path(__file__).parent / "configs"
 TINY = dict(
     hidden_size=32,
     intermediate_size=48,
@@ -24,12 +22,6 @@ TINY = dict(
     projection_dim=16,
     layer_norm_eps=1e-5,
 )
-
-
-def _published_config(name: str) -> dict:
-    raw = json.loads((CONFIGS / name).read_text())
-    raw.pop("_source")
-    return raw
 
 
 def _tiny_oracle(hidden_act: str, seed: int = 0) -> transformers.CLIPVisionModelWithProjection:
@@ -45,14 +37,12 @@ def _pixels(batch: int = 3, seed: int = 1) -> torch.Tensor:
 
 @pytest.mark.parametrize("config_file", ["svd_xt_image_encoder.json", "i2vgenxl_image_encoder.json"])
 def test_published_config_builds_transformers_state_dict(config_file):
-    raw = _published_config(config_file)
+    raw = published_config(config_file)
     with torch.device("meta"):
         ours = CLIPVisionModelWithProjection.from_config(raw)
         theirs = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig.from_dict(raw))
-    ours_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    theirs_shapes = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
-    assert ours_shapes == theirs_shapes
-    assert "vision_model.pre_layrnorm.weight" in ours_shapes  # sic: the checkpoints' spelling
+    assert_same_state_dict_schema(theirs, ours)
+    assert "vision_model.pre_layrnorm.weight" in ours.state_dict()  # sic: the checkpoints' spelling
     assert ours.config == CLIPVisionConfig()  # the defaults are SVD-XT's image encoder
 
 

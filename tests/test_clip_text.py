@@ -10,10 +10,9 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from tests.helpers import max_abs_diff, perturb_
+from tests.helpers import assert_same_state_dict_schema, max_abs_diff, perturb_, published_config
 from vidiff.models.clip import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-CONFIGS = Path(__file__).parent / "configs"
 VOCAB, LENGTH, LAYERS = 99, 16, 3
 # CLIP's layout: words, then the start and end tokens; the ids after END stand for tokens added later
 # (textual inversion), which the legacy pooling rule (argmax of the ids) mistakes for the end token.
@@ -31,12 +30,6 @@ TINY = dict(
     bos_token_id=START,
     pad_token_id=1,
 )
-
-
-def _published_config(name: str) -> dict:
-    raw = json.loads((CONFIGS / name).read_text())
-    raw.pop("_source")
-    return raw
 
 
 def _tiny_oracle(model_class=transformers.CLIPTextModel, *, eos_token_id: int = 2, seed: int = 0, **changes):
@@ -67,16 +60,14 @@ def _token_batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("config_file", ["sd15_text_encoder.json", "i2vgenxl_text_encoder.json"])
 def test_published_config_builds_transformers_state_dict(config_file):
-    raw = _published_config(config_file)
+    raw = published_config(config_file)
     with torch.device("meta"):
         ours = CLIPTextModel.from_config(raw)
         theirs = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_dict(raw))
         ours_projected = CLIPTextModelWithProjection.from_config(raw)
         theirs_projected = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig.from_dict(raw))
-    for mine, reference in ((ours, theirs), (ours_projected, theirs_projected)):
-        mine_shapes = {k: tuple(v.shape) for k, v in mine.state_dict().items()}
-        reference_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-        assert mine_shapes == reference_shapes
+    assert_same_state_dict_schema(theirs, ours)
+    assert_same_state_dict_schema(theirs_projected, ours_projected)
     assert "text_model.final_layer_norm.weight" in ours.state_dict()
     if config_file.startswith("sd15"):
         assert ours.config == CLIPTextConfig()  # the defaults are SD 1.5's text encoder

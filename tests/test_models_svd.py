@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from diffusers import UNetSpatioTemporalConditionModel as OracleUNet
 
-from tests.helpers import max_abs_diff, perturb_
+from tests.helpers import (
+    assert_same_state_dict_schema,
+    diffusers_round_trip,
+    max_abs_diff,
+    perturbed_pair,
+    published_config,
+)
 from vidiff.models.unet_svd import UNetSpatioTemporalConditionConfig, UNetSpatioTemporalConditionModel
 
-CONFIGS = Path(__file__).parent / "configs"
 TOLERANCE = 1e-4
 
 # diffusers' own tiny SVD test model, with 8 input channels (4 noise + 4 image latents) like SVD
@@ -38,20 +40,9 @@ def pair() -> tuple[OracleUNet, UNetSpatioTemporalConditionModel]:
     return tiny_pair()
 
 
-def released_config() -> dict:
-    raw = json.loads((CONFIGS / "svd_xt_unet.json").read_text())
-    raw.pop("_source")
-    return raw
-
-
 def tiny_pair(seed: int = 0, **changes) -> tuple[OracleUNet, UNetSpatioTemporalConditionModel]:
     """A perturbed random diffusers UNet and ours holding the same weights (strict load)."""
-    config = {**TINY, **changes}
-    torch.manual_seed(seed)
-    oracle = perturb_(OracleUNet(**config), seed=seed + 1).eval()
-    ours = UNetSpatioTemporalConditionModel.from_config(config).eval()
-    ours.load_state_dict(oracle.state_dict(), strict=True)
-    return oracle, ours
+    return perturbed_pair(OracleUNet, UNetSpatioTemporalConditionModel, {**TINY, **changes}, seed)
 
 
 def random_inputs(batch: int, frames: int, height: int, width: int, seed: int = 0) -> dict:
@@ -72,20 +63,16 @@ def oracle_forward(oracle: OracleUNet, inputs: dict, timestep) -> torch.Tensor:
 
 
 def test_released_config_builds_diffusers_state_dict_schema():
-    raw = released_config()
+    raw = published_config("svd_xt_unet.json")
     with torch.device("meta"):
         oracle = OracleUNet.from_config(raw)
         ours = UNetSpatioTemporalConditionModel.from_config(raw)
-    expected = {k: tuple(v.shape) for k, v in oracle.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    assert sorted(set(expected) - set(got)) == []
-    assert sorted(set(got) - set(expected)) == []
-    assert {k: s for k, s in got.items() if expected[k] != s} == {}
+    assert_same_state_dict_schema(oracle, ours)
     assert all(p.is_meta for p in ours.parameters())
 
 
 def test_defaults_are_the_released_svd_xt_values():
-    raw = released_config()
+    raw = published_config("svd_xt_unet.json")
     raw.pop("_class_name")
     assert UNetSpatioTemporalConditionConfig().to_diffusers() == raw
 
@@ -145,11 +132,8 @@ def test_per_block_options_match_diffusers():
 
 def test_diffusers_checkpoint_round_trips_through_vidiff(tmp_path):
     oracle, _ = tiny_pair(seed=4)
-    oracle.save_pretrained(tmp_path / "diffusers")
-    ours = UNetSpatioTemporalConditionModel.from_pretrained(tmp_path / "diffusers")
+    ours, reloaded = diffusers_round_trip(oracle, UNetSpatioTemporalConditionModel, tmp_path)
     assert ours.config.num_attention_heads == (2, 4)
-    ours.save_pretrained(tmp_path / "vidiff")
-    reloaded = OracleUNet.from_pretrained(tmp_path / "vidiff").eval()
     inputs = random_inputs(batch=1, frames=2, height=8, width=8, seed=4)
     with torch.no_grad():
         out = ours(timestep=0.5, **inputs)

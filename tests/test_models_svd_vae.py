@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from diffusers import AutoencoderKLTemporalDecoder as OracleVAE
 from diffusers.models.autoencoders.vae import Decoder as OracleDecoder
 from diffusers.models.autoencoders.vae import Encoder as OracleEncoder
 
-from tests.helpers import max_abs_diff, perturb_
+from tests.helpers import (
+    assert_same_state_dict_schema,
+    diffusers_round_trip,
+    max_abs_diff,
+    perturb_,
+    perturbed_pair,
+    published_config,
+)
 from vidiff.models.vae import Decoder, Encoder, LatentDistribution
 from vidiff.models.vae_temporal import AutoencoderKLTemporalDecoder, AutoencoderKLTemporalDecoderConfig
 
-CONFIGS = Path(__file__).parent / "configs"
 TOLERANCE = 1e-4
 
 # layers_per_block=2: with 1, the decoder's mid-block attention exists but is never run.
@@ -27,36 +30,21 @@ TINY = dict(
 )
 
 
-def released_config() -> dict:
-    raw = json.loads((CONFIGS / "svd_xt_vae.json").read_text())
-    raw.pop("_source")
-    return raw
-
-
 def tiny_pair(seed: int = 0, **changes) -> tuple[OracleVAE, AutoencoderKLTemporalDecoder]:
-    config = {**TINY, **changes}
-    torch.manual_seed(seed)
-    oracle = perturb_(OracleVAE(**config), seed=seed + 1).eval()
-    ours = AutoencoderKLTemporalDecoder.from_config(config).eval()
-    ours.load_state_dict(oracle.state_dict(), strict=True)
-    return oracle, ours
+    return perturbed_pair(OracleVAE, AutoencoderKLTemporalDecoder, {**TINY, **changes}, seed)
 
 
 def test_released_config_builds_diffusers_state_dict_schema():
-    raw = released_config()
+    raw = published_config("svd_xt_vae.json")
     with torch.device("meta"):
         oracle = OracleVAE.from_config(raw)
         ours = AutoencoderKLTemporalDecoder.from_config(raw)
-    expected = {k: tuple(v.shape) for k, v in oracle.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    assert sorted(set(expected) - set(got)) == []
-    assert sorted(set(got) - set(expected)) == []
-    assert {k: s for k, s in got.items() if expected[k] != s} == {}
+    assert_same_state_dict_schema(oracle, ours)
     assert list(ours.buffers()) == []
 
 
 def test_defaults_are_the_released_svd_xt_values():
-    raw = released_config()
+    raw = published_config("svd_xt_vae.json")
     raw.pop("_class_name")
     assert AutoencoderKLTemporalDecoderConfig().to_diffusers() == raw
 
@@ -141,10 +129,7 @@ def test_2d_encoder_and_decoder_match_diffusers():
 
 def test_diffusers_checkpoint_round_trips_through_vidiff(tmp_path):
     oracle, _ = tiny_pair(seed=5)
-    oracle.save_pretrained(tmp_path / "diffusers")
-    ours = AutoencoderKLTemporalDecoder.from_pretrained(tmp_path / "diffusers")
-    ours.save_pretrained(tmp_path / "vidiff")
-    reloaded = OracleVAE.from_pretrained(tmp_path / "vidiff").eval()
+    ours, reloaded = diffusers_round_trip(oracle, AutoencoderKLTemporalDecoder, tmp_path)
     latents = torch.randn(2, 4, 4, 4)
     with torch.no_grad():
         got = ours.decode(latents, 2)

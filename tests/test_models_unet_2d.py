@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from diffusers import UNet2DConditionModel as OracleUNet
 
-from tests.helpers import max_abs_diff, perturb_
+from tests.helpers import (
+    assert_same_state_dict_schema,
+    diffusers_round_trip,
+    max_abs_diff,
+    perturbed_pair,
+    published_config,
+)
 from vidiff.models.unet_2d import UNet2DConditionConfig, UNet2DConditionModel
 
-CONFIGS = Path(__file__).parent / "configs"
 TOLERANCE = 1e-4
 
 # SD 1.5's architecture shrunk: one attention stage and one plain stage, 8 norm groups, 2 and 4 heads.
@@ -28,20 +30,9 @@ TINY = dict(
 )
 
 
-def released_config() -> dict:
-    raw = json.loads((CONFIGS / "sd15_unet.json").read_text())
-    raw.pop("_source")
-    return raw
-
-
 def tiny_pair(seed: int = 0, **changes) -> tuple[OracleUNet, UNet2DConditionModel]:
     """A perturbed random diffusers UNet and ours holding the same weights (strict load)."""
-    config = {**TINY, **changes}
-    torch.manual_seed(seed)
-    oracle = perturb_(OracleUNet(**config), seed=seed + 1).eval()
-    ours = UNet2DConditionModel.from_config(config).eval()
-    ours.load_state_dict(oracle.state_dict(), strict=True)
-    return oracle, ours
+    return perturbed_pair(OracleUNet, UNet2DConditionModel, {**TINY, **changes}, seed)
 
 
 @pytest.fixture(scope="module")
@@ -66,20 +57,16 @@ def compare(oracle: OracleUNet, ours: UNet2DConditionModel, inputs: dict, timest
 
 
 def test_released_config_builds_diffusers_state_dict_schema():
-    raw = released_config()
+    raw = published_config("sd15_unet.json")
     with torch.device("meta"):
         oracle = OracleUNet.from_config(raw)
         ours = UNet2DConditionModel.from_config(raw)
-    expected = {k: tuple(v.shape) for k, v in oracle.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    assert sorted(set(expected) - set(got)) == []
-    assert sorted(set(got) - set(expected)) == []
-    assert {k: s for k, s in got.items() if expected[k] != s} == {}
+    assert_same_state_dict_schema(oracle, ours)
     assert all(p.is_meta for p in ours.parameters())
 
 
 def test_released_config_round_trips_and_reads_legacy_heads():
-    raw = released_config()
+    raw = published_config("sd15_unet.json")
     config = UNet2DConditionConfig.from_diffusers(raw)
     written = config.to_diffusers()
     keys = [k for k in raw if not k.startswith("_")]
@@ -176,11 +163,8 @@ def test_nested_transformer_layers_with_reverse_match_diffusers():
 
 def test_diffusers_checkpoint_round_trips_through_vidiff(tmp_path):
     oracle, _ = tiny_pair(seed=4)
-    oracle.save_pretrained(tmp_path / "diffusers")
-    ours = UNet2DConditionModel.from_pretrained(tmp_path / "diffusers")
+    ours, reloaded = diffusers_round_trip(oracle, UNet2DConditionModel, tmp_path)
     assert ours.config.attention_head_dim == (2, 4)
-    ours.save_pretrained(tmp_path / "vidiff")
-    reloaded = OracleUNet.from_pretrained(tmp_path / "vidiff").eval()
     inputs = random_inputs(batch=1, height=8, width=8, seed=4)
     diff = max(compare(oracle, ours, inputs, 10), compare(reloaded, ours, inputs, 10))
     assert diff <= TOLERANCE, diff

@@ -11,12 +11,11 @@ from diffusers import MotionAdapter as OracleAdapter
 from diffusers import UNet2DConditionModel as OracleUNet
 from diffusers import UNetMotionModel as OracleMotionUNet
 
-from tests.helpers import max_abs_diff, perturb_
+from tests.helpers import assert_same_state_dict_schema, max_abs_diff, perturb_, published_config
 from vidiff.models.motion_adapter import MotionAdapter
 from vidiff.models.unet_2d import UNet2DConditionModel
 from vidiff.models.unet_motion import UNetMotionConfig, UNetMotionModel
 
-CONFIGS = Path(__file__).parent / "configs"
 TOLERANCE = 1e-4
 FRAMES = 4
 
@@ -38,11 +37,6 @@ TINY_ADAPTER = dict(
     motion_norm_num_groups=4,
     motion_max_seq_length=8,
 )
-
-
-def read_config(name: str) -> dict:
-    raw = json.loads((CONFIGS / name).read_text())
-    return {k: v for k, v in raw.items() if k not in ("_source", "_note")}
 
 
 def save_oracles(folder: Path, seed: int, unet_changes: dict, adapter_changes: dict) -> OracleMotionUNet:
@@ -177,7 +171,8 @@ def test_from_unet2d_copies_weights_in_the_unets_dtype(models, tmp_path):
 
 
 def test_released_configs_build_diffusers_schema_and_config():
-    unet_raw, adapter_raw = read_config("sd15_unet.json"), read_config("animatediff_motion_adapter_v1_5_2.json")
+    unet_raw = published_config("sd15_unet.json")
+    adapter_raw = published_config("animatediff_motion_adapter_v1_5_2.json")
     with torch.device("meta"):
         oracle = OracleMotionUNet.from_unet2d(
             OracleUNet.from_config(unet_raw), OracleAdapter.from_config(adapter_raw), load_weights=False
@@ -185,11 +180,7 @@ def test_released_configs_build_diffusers_schema_and_config():
         ours = UNetMotionModel.from_unet2d(
             UNet2DConditionModel.from_config(unet_raw), MotionAdapter.from_config(adapter_raw), load_weights=False
         )
-    expected = {k: tuple(v.shape) for k, v in oracle.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    assert sorted(set(expected) - set(got)) == []
-    assert sorted(set(got) - set(expected)) == []
-    assert {k: s for k, s in got.items() if expected[k] != s} == {}
+    assert_same_state_dict_schema(oracle, ours)
     written = ours.config.to_diffusers()
     oracle_config = {k: v for k, v in dict(oracle.config).items() if not k.startswith("_")}
     mismatched = {k: (written[k], v) for k, v in oracle_config.items() if _json(written[k]) != _json(v)}

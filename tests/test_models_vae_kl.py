@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import AutoencoderKL as OracleVAE
 from safetensors.torch import load_file, save_file
 
-from tests.helpers import max_abs_diff, perturb_
+from tests.helpers import assert_same_state_dict_schema, max_abs_diff, perturbed_pair, published_config
 from vidiff.models.vae_kl import AutoencoderKL, AutoencoderKLConfig
 
-CONFIGS = Path(__file__).parent / "configs"
 TOLERANCE = 1e-4
 # Tiling must visibly change the output, or a test could pass with tiling silently off.
 TILING_EFFECT = 1e-2
@@ -34,12 +32,7 @@ TINY = dict(
 
 def tiny_pair(seed: int = 0, **changes) -> tuple[OracleVAE, AutoencoderKL]:
     """A perturbed random diffusers VAE and ours holding the same weights (strict load)."""
-    config = {**TINY, **changes}
-    torch.manual_seed(seed)
-    oracle = perturb_(OracleVAE(**config), seed=seed + 1).eval()
-    ours = AutoencoderKL.from_config(config).eval()
-    ours.load_state_dict(oracle.state_dict(), strict=True)
-    return oracle, ours
+    return perturbed_pair(OracleVAE, AutoencoderKL, {**TINY, **changes}, seed)
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +65,13 @@ def decode_diff(oracle: OracleVAE, ours: AutoencoderKL, z: torch.Tensor) -> floa
         return max_abs_diff(ours.decode(z), oracle.decode(z).sample)
 
 
-def released_config(name: str) -> dict:
-    raw = json.loads((CONFIGS / name).read_text())
-    return {k: v for k, v in raw.items() if k not in ("_source", "_note")}
-
-
 @pytest.mark.parametrize("name", ["sd15_vae.json", "i2vgenxl_vae.json"])
 def test_released_configs_build_diffusers_state_dict_schema(name):
-    raw = released_config(name)
+    raw = published_config(name)
     with torch.device("meta"):
         oracle = OracleVAE.from_config(raw)
         ours = AutoencoderKL.from_config(raw)
-    expected = {k: tuple(v.shape) for k, v in oracle.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    assert sorted(set(expected) - set(got)) == []
-    assert sorted(set(got) - set(expected)) == []
-    assert {k: s for k, s in got.items() if expected[k] != s} == {}
+    assert_same_state_dict_schema(oracle, ours)
     assert list(ours.buffers()) == []
     assert (ours.tile_sample_min_size, ours.tile_latent_min_size) == (
         oracle.tile_sample_min_size,
@@ -97,7 +81,7 @@ def test_released_configs_build_diffusers_state_dict_schema(name):
 
 def test_defaults_are_sd15_values_and_diffusers_defaults_elsewhere():
     # diffusers fills the keys SD 1.5's config.json lacks (shift_factor, use_quant_conv...) with its defaults.
-    raw = released_config("sd15_vae.json")
+    raw = published_config("sd15_vae.json")
     with torch.device("meta"):
         oracle_config = OracleVAE.from_config(raw).config
     expected = {k: v for k, v in oracle_config.items() if not k.startswith("_")}

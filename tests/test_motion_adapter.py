@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from diffusers import MotionAdapter as OracleAdapter
 
-from tests.helpers import max_abs_diff, perturb_
+from tests.helpers import assert_same_state_dict_schema, max_abs_diff, perturb_, published_config
 from vidiff.layers.motion import MotionModule
 from vidiff.layers.transformer import BasicTransformerBlock
 from vidiff.models.motion_adapter import MotionAdapter, MotionAdapterConfig
 
-CONFIGS = Path(__file__).parent / "configs"
 TOLERANCE = 1e-4
+RELEASED = "animatediff_motion_adapter_v1_5_2.json"
 
 TINY = dict(
     block_out_channels=(32, 64),
@@ -24,13 +21,6 @@ TINY = dict(
     motion_norm_num_groups=8,
     motion_max_seq_length=32,
 )
-
-
-def released_config() -> dict:
-    raw = json.loads((CONFIGS / "animatediff_motion_adapter_v1_5_2.json").read_text())
-    raw.pop("_source")
-    raw.pop("_note")
-    return raw
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +97,11 @@ def test_loads_cast_to_requested_dtype(saved_pair, tmp_path):
 
 
 def test_released_config_builds_diffusers_state_dict_schema():
-    raw = released_config()
+    raw = published_config(RELEASED)
     with torch.device("meta"):
         oracle = OracleAdapter.from_config(raw)
         ours = MotionAdapter.from_config(raw)
-    expected = {k: tuple(v.shape) for k, v in oracle.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    assert got == expected
+    assert_same_state_dict_schema(oracle, ours)
     # legacy keys diffusers ignores are kept for the round trip, not modelled
     assert ours.config.extra["motion_activation_fn"] == "geglu"
     assert ours.config.to_diffusers()["motion_cross_attention_dim"] is None
@@ -135,9 +123,8 @@ def test_released_config_builds_diffusers_state_dict_schema():
 def test_config_variants_build_diffusers_state_dict_schema(changes):
     config = {**TINY, **changes}
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in OracleAdapter(**config).state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in MotionAdapter.from_config(config).state_dict().items()}
-    assert got == expected
+        oracle, ours = OracleAdapter(**config), MotionAdapter.from_config(config)
+    assert_same_state_dict_schema(oracle, ours)
 
 
 def test_too_many_frames_is_a_clear_error(saved_pair):
@@ -177,6 +164,6 @@ def test_adapter_has_no_forward(saved_pair):
 
 
 def test_motion_adapter_config_defaults_are_the_released_adapter():
-    released = MotionAdapterConfig.from_diffusers(released_config())
+    released = MotionAdapterConfig.from_diffusers(published_config(RELEASED))
     legacy = {k: v for k, v in released.extra.items() if not k.startswith("_")}
     assert released.to_diffusers() == {**MotionAdapterConfig().to_diffusers(), **legacy}

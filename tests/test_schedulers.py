@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.helpers import max_abs_diff
+from tests.scheduler_checks import public_options, set_up_both
 from vidiff.diffusion.schedulers import EulerDiscreteConfig, EulerDiscreteScheduler
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -30,11 +31,7 @@ def relative_error(ours, reference) -> float:
 
 
 def both(config: dict, **kwargs):
-    """(ours, diffusers') after set_timesteps(**kwargs) with the same config."""
-    ours, reference = EulerDiscreteScheduler.from_config(config), diffusers.EulerDiscreteScheduler.from_config(config)
-    ours.set_timesteps(**kwargs)
-    reference.set_timesteps(**kwargs)
-    return ours, reference
+    return set_up_both(EulerDiscreteScheduler, diffusers.EulerDiscreteScheduler, config, **kwargs)
 
 
 def assert_same_schedule(ours, reference, what: str) -> None:
@@ -221,9 +218,7 @@ def test_from_config_overrides_and_extra_keys():
 
 
 def test_defaults_are_diffusers_defaults():
-    reference = diffusers.EulerDiscreteScheduler().config
-    ours = EulerDiscreteScheduler().config.to_diffusers()
-    assert {k: v for k, v in reference.items() if not k.startswith("_")} == ours
+    assert EulerDiscreteScheduler().config.to_diffusers() == public_options(diffusers.EulerDiscreteScheduler().config)
 
 
 def test_unknown_override_is_a_type_error():

@@ -12,71 +12,36 @@ import pytest
 import torch
 
 from tests.helpers import max_abs_diff
-from vidiff.diffusion.guidance import ClassifierFreeGuidance, NoGuidance
+from tests.scheduler_checks import (
+    SHAPE,
+    FakeNetwork,
+    conditioning,
+    diffusers_loop,
+    initial_noise,
+    public_options,
+    scaled_diff,
+    seeded_noise,
+    vidiff_loop,
+)
 from vidiff.diffusion.loop import sample
 from vidiff.diffusion.schedulers import DDIMConfig, DDIMScheduler, EulerDiscreteScheduler
-from vidiff.diffusion.steppers import generator_noise
 
 CONFIGS = Path(__file__).parent / "configs"
 I2VGEN_XL = json.loads((CONFIGS / "i2vgenxl_scheduler.json").read_text())
 ANIMATEDIFF = json.loads((CONFIGS / "animatediff_scheduler.json").read_text())
-SHAPE = (2, 4, 3, 4, 5)  # [B, C, F, H, W]
-
-
-class FakeNetwork:
-    """out = 0.3·(M·x) + sin(t/100)·A + cos(t/300)·(N·text): evolves the sample, depends on (x, t, cond)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        self.mix = torch.eye(4) + 0.2 * torch.randn(4, 4, generator=gen)
-        self.cond_mix = 0.5 * torch.randn(4, 4, generator=gen)
-        self.bias = torch.randn(SHAPE[1:], generator=gen)
-
-    def __call__(self, x, timestep, inputs):
-        mixed = torch.einsum("oc,bcfhw->bofhw", self.mix.to(x.dtype), x)
-        text = torch.einsum("oc,bcfhw->bofhw", self.cond_mix.to(x.dtype), inputs["text"])
-        return 0.3 * mixed + torch.sin(timestep / 100) * self.bias.to(x.dtype) + torch.cos(timestep / 300) * text
-
-
-def conditioning(dtype=torch.float32):
-    gen = torch.Generator().manual_seed(11)
-    cond = {"text": torch.randn(SHAPE, generator=gen).to(dtype)}
-    return cond, {"text": torch.zeros(SHAPE, dtype=dtype)}
-
-
-def initial_noise(dtype=torch.float32):
-    return torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)).to(dtype)
 
 
 def reference_loop(config, num_steps, cond, uncond, scale=None, eta=0.0, seed=None, dtype=torch.float32, **step_kwargs):
-    """diffusers' pipeline loop: scale_model_input → network (both branches) → CFG on outputs → step."""
+    """diffusers' pipeline loop around its DDIMScheduler."""
     scheduler = diffusers.DDIMScheduler.from_config(config)
     scheduler.set_timesteps(num_steps)
-    network, generator = FakeNetwork(), None if seed is None else torch.Generator().manual_seed(seed)
-    latents = initial_noise(dtype) * scheduler.init_noise_sigma
-    inputs = {k: torch.cat([uncond[k], cond[k]]) for k in cond} if scale else cond
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if scale else latents, t)
-        output = network(model_input, t, inputs)
-        if scale:
-            output_uncond, output_cond = output.chunk(2)
-            output = output_uncond + scale * (output_cond - output_uncond)
-        latents = scheduler.step(output, t, latents, eta=eta, generator=generator, **step_kwargs).prev_sample
-    return latents
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return diffusers_loop(scheduler, cond, uncond, scale, generator, dtype, eta=eta, **step_kwargs)
 
 
 def run_ours(config, num_steps, cond, uncond, scale=None, eta=0.0, seed=None, dtype=torch.float32, **plan_kwargs):
     plan = DDIMScheduler.from_config(config).plan(num_steps, eta=eta, **plan_kwargs)
-    guidance = ClassifierFreeGuidance(scale) if scale else NoGuidance()
-    noise = None if seed is None else generator_noise(torch.Generator().manual_seed(seed), torch.device("cpu"), dtype)
-    latents = initial_noise(dtype) * plan.init_noise_sigma
-    return sample(FakeNetwork(), latents, plan, cond, uncond, guidance, noise=noise)
-
-
-def scaled_diff(ours, reference) -> float:
-    """max |ours − reference| relative to the reference's magnitude (≥ 1)."""
-    assert torch.isfinite(reference).all()
-    return max_abs_diff(ours, reference) / max(1.0, reference.abs().max().item())
+    return vidiff_loop(plan, cond, uncond, scale, None if seed is None else seeded_noise(seed, dtype), dtype)
 
 
 # ---------------------------------------------------------------------------- the two released configs
@@ -261,9 +226,7 @@ def test_initial_state_and_errors_before_set_timesteps():
 
 # ---------------------------------------------------------------------------- config IO
 def test_defaults_are_diffusers_defaults():
-    reference = diffusers.DDIMScheduler().config
-    ours = DDIMScheduler().config.to_diffusers()
-    assert {k: v for k, v in reference.items() if not k.startswith("_")} == ours
+    assert DDIMScheduler().config.to_diffusers() == public_options(diffusers.DDIMScheduler().config)
 
 
 def test_from_config_of_diffusers_and_of_another_scheduler():
@@ -290,7 +253,7 @@ def test_save_round_trip_loads_in_diffusers_and_vidiff(tmp_path):
     assert torch.equal(again.plan(12).timesteps.to(torch.int64), reference.timesteps)
     reference.save_pretrained(tmp_path / "from_diffusers")
     loaded = DDIMScheduler.from_pretrained(tmp_path / "from_diffusers", subfolder=None)
-    assert loaded.config.to_diffusers() == {k: v for k, v in reference.config.items() if not k.startswith("_")}
+    assert loaded.config.to_diffusers() == public_options(reference.config)
 
 
 @pytest.mark.parametrize(

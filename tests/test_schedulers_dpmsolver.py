@@ -12,21 +12,29 @@ import pytest
 import torch
 
 from tests.helpers import max_abs_diff
-from vidiff.diffusion.guidance import ClassifierFreeGuidance, NoGuidance
+from tests.scheduler_checks import (
+    SHAPE,
+    FakeNetwork,
+    conditioning,
+    diffusers_loop,
+    initial_noise,
+    public_options,
+    seeded_noise,
+    set_up_both,
+    vidiff_loop,
+)
 from vidiff.diffusion.loop import sample
 from vidiff.diffusion.schedulers import (
     DPMSolverMultistepConfig,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
 )
-from vidiff.diffusion.steppers import generator_noise
 
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}
 # The AnimateDiff guide's DPM++ SDE Karras setup on the SD-1.5 table.
 ANIMATEDIFF_SDE_KARRAS = {
     **SD, "beta_schedule": "linear", "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True,
 }
-SHAPE = (2, 4, 3, 4, 5)  # [B, C, F, H, W]
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +44,7 @@ def quiet_reference():
 
 
 def both(config: dict, **kwargs):
-    ours = DPMSolverMultistepScheduler.from_config(config)
-    reference = diffusers.DPMSolverMultistepScheduler.from_config(config)
-    ours.set_timesteps(**kwargs)
-    reference.set_timesteps(**kwargs)
-    return ours, reference
+    return set_up_both(DPMSolverMultistepScheduler, diffusers.DPMSolverMultistepScheduler, config, **kwargs)
 
 
 def assert_same_schedule(ours, reference, what) -> None:
@@ -245,56 +249,19 @@ def test_begin_index_and_unknown_timestep():
 
 
 # ---------------------------------------------------------------------------- the one loop
-class FakeNetwork:
-    """out = 0.3·(M·x) + sin(t/100)·A + cos(t/300)·(N·text): moves the sample, depends on (x, t, cond)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        self.mix = torch.eye(4) + 0.2 * torch.randn(4, 4, generator=gen)
-        self.cond_mix = 0.5 * torch.randn(4, 4, generator=gen)
-        self.bias = torch.randn(SHAPE[1:], generator=gen)
-
-    def __call__(self, x, timestep, inputs):
-        mixed = torch.einsum("oc,bcfhw->bofhw", self.mix.to(x.dtype), x)
-        text = torch.einsum("oc,bcfhw->bofhw", self.cond_mix.to(x.dtype), inputs["text"])
-        return 0.3 * mixed + torch.sin(timestep / 100) * self.bias.to(x.dtype) + torch.cos(timestep / 300) * text
-
-
-def conditioning(dtype=torch.float32):
-    cond = {"text": torch.randn(SHAPE, generator=torch.Generator().manual_seed(11)).to(dtype)}
-    return cond, {"text": torch.zeros(SHAPE, dtype=dtype)}
-
-
-def initial_noise(dtype=torch.float32):
-    return torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)).to(dtype)
-
-
 def reference_loop(config, num_steps, scale, seed, dtype=torch.float32):
     """diffusers' pipeline loop around its DPM scheduler; SDE noise from a seeded generator."""
     scheduler = diffusers.DPMSolverMultistepScheduler.from_config(config)
     scheduler.set_timesteps(num_steps)
-    network, generator = FakeNetwork(), torch.Generator().manual_seed(seed)
     cond, uncond = conditioning(dtype)
-    inputs = {k: torch.cat([uncond[k], cond[k]]) for k in cond} if scale else cond
-    latents = initial_noise(dtype) * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if scale else latents, t)
-        output = network(model_input, t, inputs)
-        if scale:
-            output_uncond, output_cond = output.chunk(2)
-            output = output_uncond + scale * (output_cond - output_uncond)
-        latents = scheduler.step(output, t, latents, generator=generator).prev_sample
-    return latents
+    return diffusers_loop(scheduler, cond, uncond, scale, torch.Generator().manual_seed(seed), dtype)
 
 
 def run_ours(config, num_steps, scale, seed, dtype=torch.float32):
     plan = DPMSolverMultistepScheduler.from_config(config).plan(num_steps)
-    # The reference draws its SDE noise in float32 whatever the latents' dtype.
-    noise = generator_noise(torch.Generator().manual_seed(seed), torch.device("cpu"), torch.float32)
     cond, uncond = conditioning(dtype)
-    guidance = ClassifierFreeGuidance(scale) if scale else NoGuidance()
-    latents = initial_noise(dtype) * plan.init_noise_sigma
-    return sample(FakeNetwork(), latents, plan, cond, uncond, guidance, noise=noise)
+    # The reference draws its SDE noise in float32 whatever the latents' dtype.
+    return vidiff_loop(plan, cond, uncond, scale, seeded_noise(seed, torch.float32), dtype)
 
 
 LOOP_CASES = [
@@ -343,8 +310,7 @@ def test_sde_loop_needs_a_noise_source():
 # ---------------------------------------------------------------------------- config IO
 def test_defaults_are_diffusers_defaults():
     reference = diffusers.DPMSolverMultistepScheduler().config
-    ours = DPMSolverMultistepScheduler().config.to_diffusers()
-    assert {k: v for k, v in reference.items() if not k.startswith("_")} == ours
+    assert DPMSolverMultistepScheduler().config.to_diffusers() == public_options(reference)
 
 
 def test_from_diffusers_config_and_sibling_options():

@@ -4,84 +4,51 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 
 import diffusers
 import pytest
 import torch
 
 from tests.helpers import max_abs_diff
-from vidiff.diffusion.guidance import ClassifierFreeGuidance, NoGuidance
+from tests.scheduler_checks import (
+    SHAPE,
+    FakeNetwork,
+    conditioning,
+    diffusers_loop,
+    initial_noise,
+    public_options,
+    seeded_noise,
+    set_up_both,
+    vidiff_loop,
+)
 from vidiff.diffusion.loop import sample
 from vidiff.diffusion.schedulers import (
     EulerAncestralDiscreteConfig,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
 )
-from vidiff.diffusion.steppers import euler_ancestral, generator_noise
+from vidiff.diffusion.steppers import euler_ancestral
 
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1,
       "timestep_spacing": "leading"}
-SHAPE = (2, 4, 3, 4, 5)  # [B, C, F, H, W]
-
-
-class FakeNetwork:
-    """out = 0.3·(M·x) + sin(t/100)·A + cos(t/300)·(N·text): moves the sample, depends on (x, t, cond)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        self.mix = torch.eye(4) + 0.2 * torch.randn(4, 4, generator=gen)
-        self.cond_mix = 0.5 * torch.randn(4, 4, generator=gen)
-        self.bias = torch.randn(SHAPE[1:], generator=gen)
-
-    def __call__(self, x, timestep, inputs):
-        mixed = torch.einsum("oc,bcfhw->bofhw", self.mix.to(x.dtype), x)
-        text = torch.einsum("oc,bcfhw->bofhw", self.cond_mix.to(x.dtype), inputs["text"])
-        return 0.3 * mixed + torch.sin(timestep / 100) * self.bias.to(x.dtype) + torch.cos(timestep / 300) * text
-
-
-def conditioning(dtype=torch.float32):
-    cond = {"text": torch.randn(SHAPE, generator=torch.Generator().manual_seed(11)).to(dtype)}
-    return cond, {"text": torch.zeros(SHAPE, dtype=dtype)}
-
-
-def initial_noise(dtype=torch.float32):
-    return torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)).to(dtype)
 
 
 def reference_loop(config, num_steps, scale, seed, dtype=torch.float32):
     """diffusers' pipeline loop around its ancestral scheduler, noise drawn from a seeded generator."""
     scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(config)
     scheduler.set_timesteps(num_steps)
-    network, generator = FakeNetwork(), torch.Generator().manual_seed(seed)
     cond, uncond = conditioning(dtype)
-    inputs = {k: torch.cat([uncond[k], cond[k]]) for k in cond} if scale else cond
-    latents = initial_noise(dtype) * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if scale else latents, t)
-        output = network(model_input, t, inputs)
-        if scale:
-            output_uncond, output_cond = output.chunk(2)
-            output = output_uncond + scale * (output_cond - output_uncond)
-        latents = scheduler.step(output, t, latents, generator=generator).prev_sample
-    return latents
+    return diffusers_loop(scheduler, cond, uncond, scale, torch.Generator().manual_seed(seed), dtype)
 
 
 def run_ours(config, num_steps, scale, seed, dtype=torch.float32):
     plan = EulerAncestralDiscreteScheduler.from_config(config).plan(num_steps)
-    noise = generator_noise(torch.Generator().manual_seed(seed), torch.device("cpu"), dtype)
     cond, uncond = conditioning(dtype)
-    guidance = ClassifierFreeGuidance(scale) if scale else NoGuidance()
-    latents = initial_noise(dtype) * plan.init_noise_sigma
-    return sample(FakeNetwork(), latents, plan, cond, uncond, guidance, noise=noise)
+    return vidiff_loop(plan, cond, uncond, scale, seeded_noise(seed, dtype), dtype)
 
 
 def both(config: dict, num_steps: int):
-    ours = EulerAncestralDiscreteScheduler.from_config(config)
-    reference = diffusers.EulerAncestralDiscreteScheduler.from_config(config)
-    ours.set_timesteps(num_steps)
-    reference.set_timesteps(num_steps)
-    return ours, reference
+    return set_up_both(EulerAncestralDiscreteScheduler, diffusers.EulerAncestralDiscreteScheduler, config, num_steps)
 
 
 def _grid():
@@ -226,8 +193,7 @@ def test_sample_prediction_equals_epsilon_form_of_the_same_estimate():
 # ---------------------------------------------------------------------------- config IO
 def test_defaults_are_diffusers_defaults():
     reference = diffusers.EulerAncestralDiscreteScheduler().config
-    ours = EulerAncestralDiscreteScheduler().config.to_diffusers()
-    assert {k: v for k, v in reference.items() if not k.startswith("_")} == ours
+    assert EulerAncestralDiscreteScheduler().config.to_diffusers() == public_options(reference)
 
 
 def test_from_diffusers_config_and_from_euler_config():

@@ -9,68 +9,35 @@ import diffusers
 import pytest
 import torch
 
-from tests.helpers import max_abs_diff
-from vidiff.diffusion.guidance import ClassifierFreeGuidance, NoGuidance
+from tests.scheduler_checks import (
+    SHAPE,
+    FakeNetwork,
+    conditioning,
+    diffusers_loop,
+    initial_noise,
+    public_options,
+    scaled_diff,
+    seeded_noise,
+    vidiff_loop,
+)
 from vidiff.diffusion.loop import sample
 from vidiff.diffusion.schedulers import DDIMScheduler, LCMConfig, LCMScheduler
-from vidiff.diffusion.steppers import generator_noise
 
 CONFIGS = Path(__file__).parent / "configs"
 ANIMATEDIFF = json.loads((CONFIGS / "animatediff_scheduler.json").read_text())
-SHAPE = (2, 4, 3, 4, 5)  # [B, C, F, H, W]
-
-
-class FakeNetwork:
-    """out = 0.3·(M·x) + sin(t/100)·A + cos(t/300)·text: evolves the sample, depends on (x, t, cond)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        self.mix = torch.eye(4) + 0.2 * torch.randn(4, 4, generator=gen)
-        self.bias = torch.randn(SHAPE[1:], generator=gen)
-
-    def __call__(self, x, timestep, inputs):
-        mixed = torch.einsum("oc,bcfhw->bofhw", self.mix.to(x.dtype), x)
-        return 0.3 * mixed + torch.sin(timestep / 100) * self.bias.to(x.dtype) + torch.cos(timestep / 300) * inputs["text"]
-
-
-def conditioning():
-    cond = {"text": torch.randn(SHAPE, generator=torch.Generator().manual_seed(11))}
-    return cond, {"text": torch.zeros(SHAPE)}
-
-
-def initial_noise():
-    return torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
 
 
 def reference_loop(config, cond, uncond, scale=None, seed=0, **schedule):
     """diffusers' pipeline loop around its LCMScheduler, drawing step noise from a seeded generator."""
     scheduler = diffusers.LCMScheduler.from_config(config)
     scheduler.set_timesteps(**schedule)
-    network, generator = FakeNetwork(), torch.Generator().manual_seed(seed)
-    latents = initial_noise() * scheduler.init_noise_sigma
-    inputs = {k: torch.cat([uncond[k], cond[k]]) for k in cond} if scale else cond
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if scale else latents, t)
-        output = network(model_input, t, inputs)
-        if scale:
-            output_uncond, output_cond = output.chunk(2)
-            output = output_uncond + scale * (output_cond - output_uncond)
-        latents = scheduler.step(output, t, latents, generator=generator).prev_sample
-    return latents
+    return diffusers_loop(scheduler, cond, uncond, scale, torch.Generator().manual_seed(seed))
 
 
 def run_ours(config, cond, uncond, scale=None, seed=0, noise=None, **schedule):
     num_steps = schedule.pop("num_inference_steps", None)
     plan = LCMScheduler.from_config(config).plan(num_steps, **schedule)
-    guidance = ClassifierFreeGuidance(scale) if scale else NoGuidance()
-    if noise is None:
-        noise = generator_noise(torch.Generator().manual_seed(seed), torch.device("cpu"), torch.float32)
-    return sample(FakeNetwork(), initial_noise() * plan.init_noise_sigma, plan, cond, uncond, guidance, noise=noise)
-
-
-def scaled_diff(ours, reference) -> float:
-    assert torch.isfinite(reference).all()
-    return max_abs_diff(ours, reference) / max(1.0, reference.abs().max().item())
+    return vidiff_loop(plan, cond, uncond, scale, seeded_noise(seed) if noise is None else noise)
 
 
 # ---------------------------------------------------------------------------- timesteps
@@ -183,9 +150,7 @@ def test_stateful_step_with_begin_index_and_tuple_output():
 
 # ---------------------------------------------------------------------------- config IO and errors
 def test_defaults_are_diffusers_defaults():
-    reference = diffusers.LCMScheduler().config
-    ours = LCMScheduler().config.to_diffusers()
-    assert {k: v for k, v in reference.items() if not k.startswith("_")} == ours
+    assert LCMScheduler().config.to_diffusers() == public_options(diffusers.LCMScheduler().config)
 
 
 def test_config_round_trips(tmp_path):

@@ -39,6 +39,19 @@ def sinusoidal_embedding(
     return embedding
 
 
+def batch_timesteps(timestep: torch.Tensor | float | int, batch: int, device: torch.device) -> torch.Tensor:
+    """One timestep per sample ``[batch]`` from a number, a 0-dim tensor or a ``[batch]`` tensor.
+
+    Raises ``ValueError`` naming ``timestep`` for any other shape; the dtype is left as given.
+    """
+    timesteps = torch.as_tensor(timestep, device=device)
+    if timesteps.ndim > 1 or timesteps.numel() not in (1, batch):
+        raise ValueError(
+            f"timestep must be a number, a 0-dim tensor or have shape [{batch}], got {tuple(timesteps.shape)}"
+        )
+    return timesteps.reshape(-1).expand(batch)
+
+
 class TimestepEmbedding(nn.Module):
     """Two-layer SiLU MLP on a sinusoidal embedding: ``[N, in_channels]`` → ``[N, out_dim]``.
 

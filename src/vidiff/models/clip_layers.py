@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,27 @@ def check_activation(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` is a ``hidden_act`` value listed in :data:`CLIP_ACTIVATIONS`."""
     if name not in CLIP_ACTIVATIONS:
         raise ValueError(f"hidden_act={name!r} is not supported; valid values: {sorted(CLIP_ACTIVATIONS)}")
+
+
+class CLIPTowerOptions(Protocol):
+    """The encoder options both towers' configs carry under transformers' names."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_hidden_layers: int
+    hidden_act: str
+    layer_norm_eps: float
+
+
+def check_tower_options(config: CLIPTowerOptions) -> None:
+    """Raise ``ValueError`` naming the option unless the activation is known and the width splits into heads."""
+    check_activation(config.hidden_act)
+    if config.hidden_size % config.num_attention_heads != 0:
+        raise ValueError(
+            f"hidden_size={config.hidden_size} must be divisible by "
+            f"num_attention_heads={config.num_attention_heads}"
+        )
 
 
 class CLIPAttention(nn.Module):
@@ -139,6 +161,18 @@ class CLIPEncoder(nn.Module):
         self.layers = nn.ModuleList(
             CLIPEncoderLayer(hidden_size, intermediate_size, num_heads, hidden_act, layer_norm_eps)
             for _ in range(num_layers)
+        )
+
+    @classmethod
+    def for_tower(cls, config: CLIPTowerOptions) -> CLIPEncoder:
+        """The encoder a tower's config describes (``num_hidden_layers`` layers of its width and heads)."""
+        return cls(
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_heads=config.num_attention_heads,
+            hidden_act=config.hidden_act,
+            layer_norm_eps=config.layer_norm_eps,
         )
 
     def forward(

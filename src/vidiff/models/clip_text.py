@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import Config
 from .base import PretrainedModel
-from .clip_layers import CLIPEncoder, check_activation
+from .clip_layers import CLIPEncoder, check_tower_options
 
 # Configs written before transformers PR #24773 say eos_token_id=2; their models pool at the highest
 # token id instead (CLIP's end token is the last entry of its vocabulary).
@@ -43,12 +43,7 @@ class CLIPTextConfig(Config):
     eos_token_id: int = LEGACY_EOS_TOKEN_ID
 
     def __post_init__(self) -> None:
-        check_activation(self.hidden_act)
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} must be divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
+        check_tower_options(self)
         for name in ("vocab_size", "max_position_embeddings", "num_hidden_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
@@ -105,14 +100,7 @@ class CLIPTextTransformer(nn.Module):
         super().__init__()
         self.eos_token_id = config.eos_token_id
         self.embeddings = CLIPTextEmbeddings(config)
-        self.encoder = CLIPEncoder(
-            num_layers=config.num_hidden_layers,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_heads=config.num_attention_heads,
-            hidden_act=config.hidden_act,
-            layer_norm_eps=config.layer_norm_eps,
-        )
+        self.encoder = CLIPEncoder.for_tower(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(
@@ -174,15 +162,11 @@ def layers_to_run(config: CLIPTextConfig, clip_skip: int | None) -> int:
     return config.num_hidden_layers - clip_skip
 
 
-class CLIPTextModel(PretrainedModel):
-    """transformers' ``CLIPTextModel`` rebuilt: token ids ``[N, L]`` → hidden states ``[N, L, D]``.
-
-    ``forward`` gives the last hidden state (after ``final_layer_norm``), what Stable Diffusion
-    conditions on; :meth:`encode` adds diffusers' ``clip_skip``; :meth:`encode_with_pooled` also
-    returns the pooled end-token vector.
-    """
+class _CLIPTextTowerModel(PretrainedModel):
+    """What both text models share: the ``text_model`` tower, checkpoint settings and :meth:`encode`."""
 
     config_class = CLIPTextConfig
+    config: CLIPTextConfig
     weights_name = "model"
     library = "transformers"
     # Checkpoints saved by older transformers versions (e.g. SD 1.5's) hold the position-index buffer.
@@ -205,6 +189,15 @@ class CLIPTextModel(PretrainedModel):
         num_layers = layers_to_run(self.config, clip_skip)
         return self.text_model(input_ids, attention_mask, num_layers=num_layers)
 
+
+class CLIPTextModel(_CLIPTextTowerModel):
+    """transformers' ``CLIPTextModel`` rebuilt: token ids ``[N, L]`` → hidden states ``[N, L, D]``.
+
+    ``forward`` gives the last hidden state (after ``final_layer_norm``), what Stable Diffusion
+    conditions on; :meth:`encode` adds diffusers' ``clip_skip``; :meth:`encode_with_pooled` also
+    returns the pooled end-token vector.
+    """
+
     def encode_with_pooled(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> CLIPTextOutput:
@@ -217,30 +210,16 @@ class CLIPTextModel(PretrainedModel):
         return self.encode(input_ids, attention_mask)
 
 
-class CLIPTextModelWithProjection(PretrainedModel):
+class CLIPTextModelWithProjection(_CLIPTextTowerModel):
     """transformers' ``CLIPTextModelWithProjection``: the text tower plus ``text_projection``.
 
     ``forward`` gives ``text_embeds`` [N, projection_dim] (the projected pooled output);
     :meth:`encode` gives hidden states [N, L, D] with ``clip_skip``, as :meth:`CLIPTextModel.encode`.
     """
 
-    config_class = CLIPTextConfig
-    weights_name = "model"
-    library = "transformers"
-    ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = CLIPTextModel.ignored_checkpoint_keys
-
     def __init__(self, config: CLIPTextConfig) -> None:
         super().__init__(config)
-        self.text_model = CLIPTextTransformer(config)
         self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
-
-    def encode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, clip_skip: int | None = None
-    ) -> torch.Tensor:
-        """Hidden states [N, L, D]; see :meth:`CLIPTextModel.encode`."""
-        check_text_inputs(self.config, input_ids, attention_mask)
-        num_layers = layers_to_run(self.config, clip_skip)
-        return self.text_model(input_ids, attention_mask, num_layers=num_layers)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``input_ids`` [N, L] → ``text_embeds`` [N, projection_dim]."""

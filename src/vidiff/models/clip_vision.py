@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import Config
 from .base import PretrainedModel
-from .clip_layers import CLIPEncoder, check_activation
+from .clip_layers import CLIPEncoder, check_tower_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +35,7 @@ class CLIPVisionConfig(Config):
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        check_activation(self.hidden_act)
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} must be divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
+        check_tower_options(self)
         if not 0 < self.patch_size <= self.image_size:
             raise ValueError(f"patch_size={self.patch_size} must be in 1..image_size={self.image_size}")
 
@@ -104,14 +99,7 @@ class CLIPVisionTransformer(nn.Module):
         self.embeddings = CLIPVisionEmbeddings(config)
         # "pre_layrnorm" is the (misspelt) name in every published CLIP checkpoint.
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.encoder = CLIPEncoder(
-            num_layers=config.num_hidden_layers,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_heads=config.num_attention_heads,
-            hidden_act=config.hidden_act,
-            layer_norm_eps=config.layer_norm_eps,
-        )
+        self.encoder = CLIPEncoder.for_tower(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import Config
-from ..layers.embeddings import TimestepEmbedding, sinusoidal_embedding
+from ..layers.embeddings import TimestepEmbedding, batch_timesteps, sinusoidal_embedding
 from .base import PretrainedModel
 from .unet_2d_blocks import (
     CrossAttentionOptions,
@@ -29,6 +29,7 @@ from .unet_2d_blocks import (
     UNetUpBlock,
     check_config,
     per_block,
+    run_stages,
 )
 
 PerBlock = int | tuple[int, ...]
@@ -263,19 +264,8 @@ class ConditionalUNet(PretrainedModel):
         self, images: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, num_frames: int = 1
     ) -> torch.Tensor:
         """``images`` ``[N, C_in, H, W]``, ``emb`` ``[N, D]``, context ``[N, L, D_ctx]`` → ``[N, C_out, H, W]``."""
-        hidden = self.conv_in(images)
-        skips = [hidden]
-        for block in self.down_blocks:
-            hidden, block_skips = block(hidden, emb, context, num_frames)
-            skips.extend(block_skips)
-        if self.mid_block is not None:
-            hidden = self.mid_block(hidden, emb, context, num_frames)
-        for block in self.up_blocks:
-            taken = len(block.resnets)
-            block_skips, skips = skips[-taken:], skips[:-taken]
-            # Upsample to the next skip's size, so sides that are not multiples of 2ⁿ round-trip.
-            upsample_size = tuple(skips[-1].shape[-2:]) if skips else None
-            hidden = block(hidden, block_skips, emb, context, num_frames, upsample_size)
+        hidden = self.conv_in(images)  # [N, C0, H, W]
+        hidden = run_stages(self.down_blocks, self.mid_block, self.up_blocks, hidden, emb, context, num_frames)
         return self.conv_out(F.silu(self.conv_norm_out(hidden)))
 
     def _time_embedding(
@@ -283,12 +273,7 @@ class ConditionalUNet(PretrainedModel):
     ) -> torch.Tensor:
         """``[batch, D]`` embeddings of a number, a 0-dim tensor or ``[batch]`` timesteps (+ ``timestep_cond``)."""
         device, dtype = self.conv_in.weight.device, self.conv_in.weight.dtype
-        timesteps = torch.as_tensor(timestep, device=device)
-        if timesteps.ndim > 1 or timesteps.numel() not in (1, batch):
-            raise ValueError(
-                f"timestep must be a number, a 0-dim tensor or have shape [{batch}], got {tuple(timesteps.shape)}"
-            )
-        timesteps = timesteps.reshape(-1).expand(batch)
+        timesteps = batch_timesteps(timestep, batch, device)
         features = sinusoidal_embedding(timesteps, self.config.block_out_channels[0], **self._time_features)
         if timestep_cond is not None:
             cond_dim = self.config.time_cond_proj_dim

@@ -180,6 +180,50 @@ def check_config(
         raise ValueError(f"norm_num_groups={groups} must divide every block_out_channels entry; not {bad}")
 
 
+def run_stages(
+    down_blocks: nn.ModuleList,
+    mid_block: nn.Module | None,
+    up_blocks: nn.ModuleList,
+    hidden: torch.Tensor,
+    emb: torch.Tensor,
+    context: torch.Tensor | None,
+    num_frames: int,
+) -> torch.Tensor:
+    """Run a UNet's down, mid and up stages on ``hidden`` ``[N, C0, H, W]`` (the ``conv_in`` output).
+
+    Every down stage's outputs are kept as skips; each up stage takes as many as it has resnets,
+    deepest first. Shared by the SD/AnimateDiff skeleton and SVD's UNet, whose stages take the same
+    arguments. Returns ``[N, C0, H, W]``, ready for ``conv_norm_out``.
+    """
+    skips = [hidden]
+    for block in down_blocks:
+        hidden, block_skips = block(hidden, emb, context, num_frames)
+        skips.extend(block_skips)
+    if mid_block is not None:
+        hidden = mid_block(hidden, emb, context, num_frames)
+    for block in up_blocks:
+        taken = len(block.resnets)
+        block_skips, skips = skips[-taken:], skips[:-taken]
+        # Upsample to the next skip's size, so sides that are not multiples of 2ⁿ round-trip.
+        upsample_size = tuple(skips[-1].shape[-2:]) if skips else None
+        hidden = block(hidden, block_skips, emb, context, num_frames, upsample_size)
+    return hidden
+
+
+def up_resnet_in_channels(
+    index: int, num_layers: int, in_channels: int, prev_output_channel: int, out_channels: int
+) -> int:
+    """Input channels of an up stage's resnet ``index``: what arrives plus the skip concatenated to it.
+
+    The first resnet receives the stage below's output (``prev_output_channel``), later ones this
+    stage's ``out_channels``; the last one's skip comes from the down stage's input (``in_channels``),
+    the others' from its outputs (``out_channels``).
+    """
+    arriving = prev_output_channel if index == 0 else out_channels
+    skip = in_channels if index == num_layers - 1 else out_channels
+    return arriving + skip
+
+
 def per_block(config: Config, name: str) -> tuple:
     """The option ``name`` as a tuple with one entry per down stage."""
     value = getattr(config, name)
@@ -303,12 +347,12 @@ class UNetUpBlock(_Stage):
     ) -> None:
         super().__init__()
 
-        def layer_resnet(i: int) -> ResBlock2D:
-            skip_channels = in_channels if i == num_layers - 1 else out_channels
-            input_channels = prev_output_channel if i == 0 else out_channels
-            return resnet.build(input_channels + skip_channels, out_channels)
-
-        self.resnets = nn.ModuleList(layer_resnet(i) for i in range(num_layers))
+        self.resnets = nn.ModuleList(
+            resnet.build(
+                up_resnet_in_channels(i, num_layers, in_channels, prev_output_channel, out_channels), out_channels
+            )
+            for i in range(num_layers)
+        )
         self._build_layers(out_channels, num_layers, resnet.groups, attention, motion)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 

@@ -15,9 +15,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import Config
-from ..layers.embeddings import TimestepEmbedding, sinusoidal_embedding
+from ..layers.embeddings import TimestepEmbedding, batch_timesteps, sinusoidal_embedding
 from ..layers.frames import images_to_video, video_to_images
 from .base import PretrainedModel
+from .unet_2d_blocks import run_stages
 from .unet_svd_blocks import SpatioTemporalDownBlock, SpatioTemporalMidBlock, SpatioTemporalUpBlock
 
 # Block type names of the config → whether the stage has video transformers.
@@ -193,17 +194,7 @@ class UNetSpatioTemporalConditionModel(PretrainedModel):
         context = encoder_hidden_states.to(dtype).repeat_interleave(num_frames, dim=0)  # [(B·F), L, D]
 
         hidden = self.conv_in(video_to_images(sample.to(dtype)))  # [(B·F), C0, H, W]
-        skips = [hidden]
-        for block in self.down_blocks:
-            hidden, block_skips = block(hidden, emb, context, num_frames)
-            skips.extend(block_skips)
-        hidden = self.mid_block(hidden, emb, context, num_frames)
-        for block in self.up_blocks:
-            taken = len(block.resnets)
-            block_skips, skips = skips[-taken:], skips[:-taken]
-            # Upsample to the next skip's size, so odd latent sizes round-trip exactly.
-            upsample_size = tuple(skips[-1].shape[-2:]) if skips else None
-            hidden = block(hidden, block_skips, emb, context, num_frames, upsample_size)
+        hidden = run_stages(self.down_blocks, self.mid_block, self.up_blocks, hidden, emb, context, num_frames)
         hidden = self.conv_out(F.silu(self.conv_norm_out(hidden)))  # [(B·F), C_out, H, W]
         return images_to_video(hidden, num_frames).contiguous()
 
@@ -216,12 +207,7 @@ class UNetSpatioTemporalConditionModel(PretrainedModel):
         dtype: torch.dtype,
     ) -> torch.Tensor:
         # Noise level and micro-conditions, each a sinusoid → MLP, summed: [B, 4·C0]
-        timesteps = torch.as_tensor(timestep, device=device)
-        if timesteps.numel() not in (1, batch) or timesteps.ndim > 1:
-            raise ValueError(
-                f"timestep must be a number, a 0-dim tensor or have shape [{batch}], got {tuple(timesteps.shape)}"
-            )
-        timesteps = timesteps.reshape(-1).expand(batch)
+        timesteps = batch_timesteps(timestep, batch, device)
         t_emb = sinusoidal_embedding(timesteps, self.config.block_out_channels[0]).to(dtype)
         ids = added_time_ids.to(device).reshape(-1)  # [B·3]
         ids_emb = sinusoidal_embedding(ids, self.config.addition_time_embed_dim).reshape(batch, -1)

@@ -15,15 +15,7 @@ from torch import nn
 from ..layers.resnet import Downsample2D, Upsample2D
 from ..layers.spatiotemporal_transformer import TransformerSpatioTemporalModel
 from ..layers.temporal import SpatioTemporalResBlock
-
-
-def per_layer(value: int | Sequence[int], num_layers: int) -> tuple[int, ...]:
-    """An int repeated ``num_layers`` times, or a per-layer sequence checked for length."""
-    if isinstance(value, int):
-        return (value,) * num_layers
-    if len(value) != num_layers:
-        raise ValueError(f"expected {num_layers} per-layer values, got {tuple(value)}")
-    return tuple(value)
+from .unet_2d_blocks import per_layer, up_resnet_in_channels
 
 
 def _video_transformers(
@@ -62,7 +54,7 @@ class SpatioTemporalDownBlock(nn.Module):
             SpatioTemporalResBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels, eps=resnet_eps)
             for i in range(num_layers)
         )
-        layers = per_layer(transformer_layers_per_block, num_layers)
+        layers = per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
         self.attentions = (
             _video_transformers(out_channels, num_attention_heads, layers, cross_attention_dim)
             if with_attention
@@ -98,7 +90,7 @@ class SpatioTemporalMidBlock(nn.Module):
         num_layers: int = 1,
     ) -> None:
         super().__init__()
-        layers = per_layer(transformer_layers_per_block, num_layers)
+        layers = per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
         self.attentions = _video_transformers(channels, num_attention_heads, layers, cross_attention_dim)
         self.resnets = nn.ModuleList(
             SpatioTemporalResBlock(channels, channels, temb_channels, eps=1e-5) for _ in range(num_layers + 1)
@@ -138,13 +130,16 @@ class SpatioTemporalUpBlock(nn.Module):
     ) -> None:
         super().__init__()
 
-        def resnet(i: int) -> SpatioTemporalResBlock:
-            skip_channels = in_channels if i == num_layers - 1 else out_channels
-            input_channels = prev_output_channel if i == 0 else out_channels
-            return SpatioTemporalResBlock(input_channels + skip_channels, out_channels, temb_channels, eps=resnet_eps)
-
-        self.resnets = nn.ModuleList(resnet(i) for i in range(num_layers))
-        layers = per_layer(transformer_layers_per_block, num_layers)
+        self.resnets = nn.ModuleList(
+            SpatioTemporalResBlock(
+                up_resnet_in_channels(i, num_layers, in_channels, prev_output_channel, out_channels),
+                out_channels,
+                temb_channels,
+                eps=resnet_eps,
+            )
+            for i in range(num_layers)
+        )
+        layers = per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
         self.attentions = (
             _video_transformers(out_channels, num_attention_heads, layers, cross_attention_dim)
             if with_attention

@@ -1,4 +1,5 @@
-"""What every public scheduler shares: its typed config, loading and saving, and the step output.
+"""What every public scheduler shares: its typed config, loading and saving, the step output, the
+option checks common to the DDPM-trained schedulers, and the step counter of diffusers' stateful surface.
 
 A public scheduler is a typed config plus methods that map it onto :mod:`vidiff.diffusion`'s
 functions. Its JSON is diffusers' ``scheduler_config.json``, so checkpoints load unchanged and what
@@ -8,7 +9,7 @@ vidiff saves loads in diffusers.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from ... import loading
 from ...config import Config
+from .. import sigmas as schedules
 
 S = TypeVar("S", bound="Scheduler")
 
@@ -27,6 +29,46 @@ def check_choice(owner: str, option: str, value: Any, valid: Iterable[Any]) -> N
     valid = tuple(valid)
     if value not in valid:
         raise ValueError(f"{owner}: {option} must be one of {list(valid)}, got {value!r}")
+
+
+def is_int(value: Any) -> bool:
+    """True for a Python int that is not a bool (configs from JSON hold plain ints)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_training_options(config: Config, prediction_types: Sequence[str], min_train_timesteps: int = 1) -> None:
+    """Validate the options every DDPM-trained scheduler shares (β table, prediction, spacing, offset)."""
+    owner = type(config).__name__
+    check_choice(owner, "beta_schedule", config.beta_schedule, schedules.BETA_SCHEDULES)
+    check_choice(owner, "prediction_type", config.prediction_type, prediction_types)
+    check_choice(owner, "timestep_spacing", config.timestep_spacing, schedules.TIMESTEP_SPACINGS)
+    if not is_int(config.num_train_timesteps) or config.num_train_timesteps < min_train_timesteps:
+        raise ValueError(
+            f"{owner}: num_train_timesteps must be an int ≥ {min_train_timesteps}, got {config.num_train_timesteps!r}"
+        )
+    if not is_int(config.steps_offset):
+        raise ValueError(f"{owner}: steps_offset must be an int, got {config.steps_offset!r}")
+
+
+def check_sigma_options(config: Config) -> None:
+    """Validate the σ-spacing options of the σ-table schedulers (Euler, DPM-Solver)."""
+    owner = type(config).__name__
+    check_choice(owner, "final_sigmas_type", config.final_sigmas_type, ("zero", "sigma_min"))
+    check_choice(owner, "use_beta_sigmas", bool(config.use_beta_sigmas), (False,))  # needs SciPy
+    if bool(config.use_karras_sigmas) and bool(config.use_exponential_sigmas):
+        raise ValueError(f"{owner}: use_karras_sigmas and use_exponential_sigmas cannot both be true")
+
+
+def config_alphas_cumprod(config: Config, *, finite_terminal: bool = False) -> Tensor:
+    """ᾱ_t [T] float32 of a config's β options; ``finite_terminal`` keeps ᾱ_{T−1} > 0 under zero
+    terminal SNR (σ-space schedulers cannot start from σ = ∞)."""
+    alphas_cumprod = schedules.training_alphas_cumprod(
+        config.num_train_timesteps, config.beta_start, config.beta_end, config.beta_schedule,
+        config.trained_betas, config.rescale_betas_zero_snr,
+    )
+    if finite_terminal and config.rescale_betas_zero_snr:
+        alphas_cumprod = schedules.finite_terminal_alphas_cumprod(alphas_cumprod)
+    return alphas_cumprod
 
 
 class SchedulerStepOutput(NamedTuple):
@@ -46,6 +88,8 @@ class Scheduler:
     config_class: ClassVar[type[Config]]
     # Written into model_index.json by pipelines: the library whose class name this mirrors.
     library: ClassVar[str] = "diffusers"
+    # Steps of the stateful surface's schedule; None until set_timesteps.
+    num_inference_steps: int | None = None
 
     def __init__(self, config: Config | Mapping[str, Any] | None = None, **options: Any) -> None:
         """Build from a config (typed or a diffusers dict) and/or keyword options; options win."""
@@ -94,5 +138,67 @@ class Scheduler:
         raw = {"_class_name": type(self).__name__, **self.config.to_diffusers()}
         loading.write_json(directory / CONFIG_NAME, raw)
 
+    def _check_timesteps_set(self) -> None:
+        """ValueError unless ``set_timesteps`` has run (for ``step`` methods that need the step count)."""
+        if self.num_inference_steps is None:
+            raise ValueError(f"{type(self).__name__}: call set_timesteps(...) before step()")
+
+    def __len__(self) -> int:
+        """The number of training timesteps, as diffusers' schedulers report it."""
+        return self.config.num_train_timesteps
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+class SequentialScheduler(Scheduler):
+    """A scheduler whose ``step`` walks ``.timesteps`` in order, as diffusers' stateful ones do.
+
+    The first ``step`` finds its place (``begin_index`` if a pipeline set one, else the timestep's
+    position), and each call moves one on. Subclasses call :meth:`_reset_step_index` whenever they
+    replace ``.timesteps``.
+    """
+
+    timesteps: Tensor
+    _step_index: int | None = None
+    _begin_index: int | None = None
+
+    def _reset_step_index(self) -> None:
+        self._step_index = None
+        self._begin_index = None
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next step into the schedule (None until the first call)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """First step index set by a pipeline (e.g. for image-to-image), or None."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start stepping at ``begin_index`` instead of looking the first timestep up."""
+        self._begin_index = begin_index
+
+    def index_for_timestep(self, timestep: float | Tensor, schedule_timesteps: Tensor | None = None) -> int:
+        """Position of ``timestep`` in the schedule; of repeated values, the second (so a run started
+        mid-schedule does not skip a step). A timestep not in it goes to :meth:`_unscheduled_index`."""
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        if isinstance(timestep, Tensor):
+            timestep = timestep.to(schedule.device)
+        matches = (schedule == timestep).nonzero()
+        if len(matches) == 0:
+            return self._unscheduled_index(timestep)
+        return int(matches[1 if len(matches) > 1 else 0].item())
+
+    def _unscheduled_index(self, timestep: float | Tensor) -> int:
+        """The index for a timestep not in the schedule: by default a ValueError."""
+        raise ValueError(f"timestep {float(timestep)} is not one of the scheduler's timesteps")
+
+    def _current_index(self, timestep: float | Tensor) -> int:
+        """This step's index: the running counter, started on the first call."""
+        if self._step_index is None:
+            begin = self._begin_index
+            self._step_index = begin if begin is not None else self.index_for_timestep(timestep)
+        return self._step_index

@@ -67,7 +67,6 @@ class DDIMScheduler(Scheduler):
         self.table = AlphaTable.from_config(self.config)
         self.parameterization = self.table.parameterization(self.config.prediction_type)
         self.limit = config_limit(self.config)
-        self.num_inference_steps: int | None = None
         count = self.config.num_train_timesteps
         self.timesteps = torch.arange(count - 1, -1, -1, dtype=torch.int64)  # before set_timesteps
 
@@ -149,8 +148,7 @@ class DDIMScheduler(Scheduler):
         η > 0 draws ``variance_noise`` from ``generator`` (not both). Computed in float32; the sample
         and x̂0 (clipped as configured) come back in ``model_output``'s dtype.
         """
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        self._check_timesteps_set()
         if variance_noise is not None and generator is not None:
             raise ValueError("pass either `generator` or `variance_noise` to step(), not both")
         t = torch.tensor([as_timestep(timestep)])
@@ -172,6 +170,3 @@ class DDIMScheduler(Scheduler):
         if not return_dict:
             return prev_sample, denoised
         return SchedulerStepOutput(prev_sample=prev_sample, pred_original_sample=denoised)
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps

@@ -30,8 +30,14 @@ from ..parameterization import PREDICTIONS, DiscreteTimesteps, Parameterization
 from ..steppers import StepContext, generator_noise, given_noise
 from ..steppers_dpm import ALGORITHMS, SOLVER_TYPES, DPMSolverStepper
 from ..steppers_vp import DynamicThreshold
-from .base import Scheduler, SchedulerStepOutput, check_choice
-from .euler_discrete import check_training_options
+from .base import (
+    SchedulerStepOutput,
+    SequentialScheduler,
+    check_choice,
+    check_sigma_options,
+    check_training_options,
+    config_alphas_cumprod,
+)
 
 # Options of the reference's sibling solvers that it maps onto its own (DEIS → DPM-Solver++ with
 # the midpoint rule), so that ``from_config(deis.config)`` works; kept for parity.
@@ -77,17 +83,15 @@ class DPMSolverMultistepConfig(Config):
         # Frozen dataclass: the reference's sibling-option mapping rewrites the field in place.
         object.__setattr__(self, "algorithm_type", SIBLING_ALGORITHMS.get(self.algorithm_type, self.algorithm_type))
         object.__setattr__(self, "solver_type", SIBLING_SOLVER_TYPES.get(self.solver_type, self.solver_type))
-        check_training_options(self, PREDICTIONS)
+        check_training_options(self, PREDICTIONS, min_train_timesteps=2)
         check_choice(owner, "algorithm_type", self.algorithm_type, ALGORITHMS)
         check_choice(owner, "solver_type", self.solver_type, SOLVER_TYPES)
         check_choice(owner, "solver_order", self.solver_order, (1, 2, 3))
-        check_choice(owner, "final_sigmas_type", self.final_sigmas_type, ("zero", "sigma_min"))
+        check_sigma_options(self)
         check_choice(owner, "variance_type", self.variance_type, (None,))
-        for option in ("use_beta_sigmas", "use_flow_sigmas", "use_dynamic_shifting"):
+        for option in ("use_flow_sigmas", "use_dynamic_shifting"):
             check_choice(owner, option, bool(getattr(self, option)), (False,))
         check_choice(owner, "time_shift_type", self.time_shift_type, ("exponential",))
-        if sum(map(bool, (self.use_karras_sigmas, self.use_exponential_sigmas))) > 1:
-            raise ValueError(f"{owner}: use_karras_sigmas and use_exponential_sigmas cannot both be true")
         if self.algorithm_type == "sde-dpmsolver" and self.solver_order == 3:
             raise ValueError(f"{owner}: solver_order=3 has no sde-dpmsolver form; use 1 or 2, or sde-dpmsolver++")
         if not self.algorithm_type.endswith("++") and self.final_sigmas_type == "zero":
@@ -97,7 +101,7 @@ class DPMSolverMultistepConfig(Config):
             )
 
 
-class DPMSolverMultistepScheduler(Scheduler):
+class DPMSolverMultistepScheduler(SequentialScheduler):
     """DPM-Solver / DPM-Solver++ multistep sampling (Lu et al. 2022) over a DDPM-trained network.
 
     ``DPMSolverMultistepScheduler.from_pretrained(repo, use_karras_sigmas=True)`` reads
@@ -112,12 +116,7 @@ class DPMSolverMultistepScheduler(Scheduler):
     def __init__(self, config: Config | dict[str, Any] | None = None, **options: Any) -> None:
         super().__init__(config, **options)
         cfg = self.config
-        alphas_cumprod = schedules.training_alphas_cumprod(
-            cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule,
-            cfg.trained_betas, cfg.rescale_betas_zero_snr,
-        )
-        if cfg.rescale_betas_zero_snr:
-            alphas_cumprod = schedules.finite_terminal_alphas_cumprod(alphas_cumprod)
+        alphas_cumprod = config_alphas_cumprod(cfg, finite_terminal=True)
         self.alphas_cumprod = alphas_cumprod  # [T] float32
         self.training_sigmas = schedules.sigmas_from_alphas_cumprod(alphas_cumprod)  # [T], increasing
         self._sigma_to_timestep = DiscreteTimesteps(schedules.log_sigmas(self.training_sigmas))
@@ -135,7 +134,6 @@ class DPMSolverMultistepScheduler(Scheduler):
         # The reference's state before set_timesteps: the training table, every timestep.
         self.sigmas = self.training_sigmas
         self.timesteps = torch.arange(cfg.num_train_timesteps - 1, -1, -1, dtype=torch.float32)
-        self.num_inference_steps: int | None = None
         self._reset_steps()
 
     # ------------------------------------------------------------------ the schedule
@@ -265,33 +263,11 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def _reset_steps(self) -> None:
         self._history: tuple[Tensor, ...] = ()
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
+        self._reset_step_index()
 
-    @property
-    def step_index(self) -> int | None:
-        """Index of the next step into ``.sigmas`` (None until the first call)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """First step index set by a pipeline (e.g. for image-to-image), or None."""
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start stepping at ``begin_index`` instead of looking the first timestep up."""
-        self._begin_index = begin_index
-
-    def index_for_timestep(self, timestep: int | Tensor, schedule_timesteps: Tensor | None = None) -> int:
-        """Position of ``timestep`` in the schedule: of repeated values the second, and the last
-        position for a timestep not in the schedule (the reference's rules)."""
-        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
-        if isinstance(timestep, Tensor):
-            timestep = timestep.to(schedule.device)
-        matches = (schedule == timestep).nonzero()
-        if len(matches) == 0:
-            return len(self.timesteps) - 1
-        return int(matches[1 if len(matches) > 1 else 0].item())
+    def _unscheduled_index(self, timestep: int | Tensor) -> int:
+        """A timestep not in the schedule maps to the last step (the reference's rule)."""
+        return len(self.timesteps) - 1
 
     def scale_model_input(self, sample: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """The network input is the VP sample itself: returned unchanged."""
@@ -311,12 +287,8 @@ class DPMSolverMultistepScheduler(Scheduler):
         The SDE algorithms draw float32 noise from ``generator`` (or take ``variance_noise``). The
         result is cast to ``model_output``'s dtype; ``pred_original_sample`` is None, as in the reference.
         """
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps(...) before step(...)")
-        if self._step_index is None:
-            begin = self._begin_index
-            self._step_index = begin if begin is not None else self.index_for_timestep(timestep)
-        index = self._step_index
+        self._check_timesteps_set()
+        index = self._current_index(timestep)
         noise = generator_noise(generator, model_output.device, torch.float32)  # the reference's float32 draw
         if variance_noise is not None:
             noise = given_noise(variance_noise.to(device=model_output.device, dtype=torch.float32))
@@ -329,6 +301,3 @@ class DPMSolverMultistepScheduler(Scheduler):
         if not return_dict:
             return (prev_sample,)
         return SchedulerStepOutput(prev_sample=prev_sample)
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps

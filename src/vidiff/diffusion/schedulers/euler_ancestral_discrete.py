@@ -14,7 +14,8 @@ from typing import ClassVar
 
 from ...config import Config
 from ..steppers import Stepper, euler_ancestral
-from .euler_discrete import EulerDiscreteScheduler, check_training_options
+from .base import check_training_options
+from .euler_discrete import EulerDiscreteScheduler
 
 # The reference's ancestral step has no "sample" branch of its own; x̂0 = output is exact, so vidiff
 # accepts it (and, like the reference, not the older spelling "original_sample").
@@ -46,7 +47,7 @@ class EulerAncestralDiscreteConfig(Config):
     final_sigmas_type: ClassVar[str] = "zero"
 
     def __post_init__(self) -> None:
-        check_training_options(self, PREDICTION_TYPES)
+        check_training_options(self, PREDICTION_TYPES, min_train_timesteps=2)  # as Euler's schedule
 
 
 class EulerAncestralDiscreteScheduler(EulerDiscreteScheduler):

@@ -21,7 +21,14 @@ from .. import sigmas as schedules
 from ..loop import SamplingPlan
 from ..parameterization import ContinuousTimesteps, DiscreteTimesteps, Parameterization
 from ..steppers import StepContext, Stepper, euler, generator_noise
-from .base import Scheduler, SchedulerStepOutput, check_choice
+from .base import (
+    SchedulerStepOutput,
+    SequentialScheduler,
+    check_choice,
+    check_sigma_options,
+    check_training_options,
+    config_alphas_cumprod,
+)
 
 SigmaValues = Sequence[float] | Tensor
 # "original_sample" is diffusers' older spelling of "sample".
@@ -56,28 +63,14 @@ class EulerDiscreteConfig(Config):
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        check_training_options(self, PREDICTION_TYPES)
+        # σ interpolation between training steps needs at least two of them.
+        check_training_options(self, PREDICTION_TYPES, min_train_timesteps=2)
         check_choice(owner, "interpolation_type", self.interpolation_type, ("linear", "log_linear"))
         check_choice(owner, "timestep_type", self.timestep_type, ("discrete", "continuous"))
-        check_choice(owner, "final_sigmas_type", self.final_sigmas_type, ("zero", "sigma_min"))
-        check_choice(owner, "use_beta_sigmas", bool(self.use_beta_sigmas), (False,))
-        if bool(self.use_karras_sigmas) and bool(self.use_exponential_sigmas):
-            raise ValueError(f"{owner}: use_karras_sigmas and use_exponential_sigmas cannot both be true")
+        check_sigma_options(self)
 
 
-def check_training_options(config: Config, prediction_types: Sequence[str]) -> None:
-    """Validate the options every σ-table scheduler shares (β table, prediction, spacing, offset)."""
-    owner = type(config).__name__
-    check_choice(owner, "beta_schedule", config.beta_schedule, schedules.BETA_SCHEDULES)
-    check_choice(owner, "prediction_type", config.prediction_type, prediction_types)
-    check_choice(owner, "timestep_spacing", config.timestep_spacing, schedules.TIMESTEP_SPACINGS)
-    if not isinstance(config.num_train_timesteps, int) or config.num_train_timesteps < 2:
-        raise ValueError(f"{owner}: num_train_timesteps must be an int ≥ 2, got {config.num_train_timesteps!r}")
-    if not isinstance(config.steps_offset, int):
-        raise ValueError(f"{owner}: steps_offset must be an int, got {config.steps_offset!r}")
-
-
-class EulerDiscreteScheduler(Scheduler):
+class EulerDiscreteScheduler(SequentialScheduler):
     """Euler sampling of the probability-flow ODE over a DDPM-trained network (Karras et al. 2022).
 
     ``EulerDiscreteScheduler.from_pretrained(repo)`` reads ``scheduler/scheduler_config.json``;
@@ -93,13 +86,8 @@ class EulerDiscreteScheduler(Scheduler):
     def __init__(self, config: Config | dict[str, Any] | None = None, **options: Any) -> None:
         super().__init__(config, **options)
         cfg = self.config
-        alphas_cumprod = schedules.training_alphas_cumprod(
-            cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule,
-            cfg.trained_betas, cfg.rescale_betas_zero_snr,
-        )
-        if cfg.rescale_betas_zero_snr:
-            # ᾱ_T = 0 means σ_T = ∞, which an Euler step cannot start from.
-            alphas_cumprod = schedules.finite_terminal_alphas_cumprod(alphas_cumprod)
+        # ᾱ_T = 0 would mean σ_T = ∞, which an Euler step cannot start from.
+        alphas_cumprod = config_alphas_cumprod(cfg, finite_terminal=True)
         self.alphas_cumprod = alphas_cumprod  # [T] float32
         self.training_sigmas = schedules.sigmas_from_alphas_cumprod(alphas_cumprod)  # [T], increasing
         self._discrete_timesteps = DiscreteTimesteps(schedules.log_sigmas(self.training_sigmas))
@@ -211,9 +199,8 @@ class EulerDiscreteScheduler(Scheduler):
         else:
             count = self.config.num_train_timesteps
             self.timesteps = torch.arange(count - 1, -1, -1, dtype=torch.float32)
-        self.num_inference_steps: int | None = None
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
+        self.num_inference_steps = None
+        self._reset_step_index()
 
     # ------------------------------------------------------------------ diffusers' stateful surface
     def set_timesteps(
@@ -231,44 +218,12 @@ class EulerDiscreteScheduler(Scheduler):
         self.num_inference_steps = num_inference_steps
         self.sigmas = all_sigmas
         self.timesteps = step_timesteps.to(device)
-        self._step_index = None
-        self._begin_index = None
+        self._reset_step_index()
 
     @property
     def init_noise_sigma(self) -> float:
         """Scale of the initial unit noise for the current ``.sigmas``."""
         return self._init_noise_sigma(self.sigmas)
-
-    @property
-    def step_index(self) -> int | None:
-        """Index of the next step into ``.sigmas`` (None until the first call)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """First step index set by a pipeline (e.g. for image-to-image), or None."""
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start stepping at ``begin_index`` instead of looking the first timestep up."""
-        self._begin_index = begin_index
-
-    def index_for_timestep(self, timestep: float | Tensor, schedule_timesteps: Tensor | None = None) -> int:
-        """Position of ``timestep`` in the schedule; of repeated values, the second (so a run started
-        mid-schedule does not skip a σ)."""
-        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
-        if isinstance(timestep, Tensor):
-            timestep = timestep.to(schedule.device)
-        matches = (schedule == timestep).nonzero()
-        if len(matches) == 0:
-            raise ValueError(f"timestep {float(timestep)} is not one of the scheduler's timesteps")
-        return int(matches[1 if len(matches) > 1 else 0].item())
-
-    def _current_index(self, timestep: float | Tensor) -> int:
-        if self._step_index is None:
-            begin = self._begin_index
-            self._step_index = begin if begin is not None else self.index_for_timestep(timestep)
-        return self._step_index
 
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor) -> Tensor:
         """The network input at this step: ``sample / sqrt(σ² + 1)``, in ``sample``'s dtype."""
@@ -302,9 +257,6 @@ class EulerDiscreteScheduler(Scheduler):
         if not return_dict:
             return prev_sample, denoised
         return SchedulerStepOutput(prev_sample=prev_sample, pred_original_sample=denoised)
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
 
 def _check_request(

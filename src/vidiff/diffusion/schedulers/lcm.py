@@ -20,7 +20,7 @@ from ...config import Config
 from ..loop import SamplingPlan
 from ..steppers import StepContext, generator_noise
 from ..steppers_vp import LCMStepper, lcm_boundary_scalings
-from .base import Scheduler
+from .base import SequentialScheduler
 from .vp_discrete import AlphaTable, as_timestep, check_step_count, check_vp_options, config_limit, plan_sigmas
 
 
@@ -63,7 +63,7 @@ class LCMStepOutput(NamedTuple):
     denoised: Tensor | None = None
 
 
-class LCMScheduler(Scheduler):
+class LCMScheduler(SequentialScheduler):
     """Multistep latent consistency sampling (Luo et al. 2023).
 
     ``scheduler.plan(4)`` is what vidiff's pipelines sample with; the loop needs a ``noise``
@@ -82,9 +82,6 @@ class LCMScheduler(Scheduler):
         self.limit = config_limit(self.config)
         count = self.config.num_train_timesteps
         self.timesteps = torch.arange(count - 1, -1, -1, dtype=torch.int64)  # before set_timesteps
-        self.num_inference_steps: int | None = None
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
 
     @property
     def alphas_cumprod(self) -> Tensor:
@@ -167,30 +164,7 @@ class LCMScheduler(Scheduler):
         steps, count = self._schedule(num_inference_steps, original_inference_steps, timesteps, strength)
         self.timesteps = steps.to(device)
         self.num_inference_steps = count
-        self._step_index = None
-        self._begin_index = None
-
-    @property
-    def step_index(self) -> int | None:
-        """Index of the next step into ``.timesteps`` (None until the first call)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """First step index set by a pipeline (e.g. for image-to-image), or None."""
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start stepping at ``begin_index`` instead of looking the first timestep up."""
-        self._begin_index = begin_index
-
-    def index_for_timestep(self, timestep: int | Tensor, schedule_timesteps: Tensor | None = None) -> int:
-        """Position of ``timestep`` in the schedule; of repeated values, the second."""
-        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
-        matches = (schedule.cpu() == as_timestep(timestep)).nonzero()
-        if len(matches) == 0:
-            raise ValueError(f"timestep {timestep!r} is not one of the scheduler's timesteps")
-        return int(matches[1 if len(matches) > 1 else 0].item())
+        self._reset_step_index()
 
     def scale_model_input(self, sample: Tensor, timestep: int | Tensor | None = None) -> Tensor:
         """The network input: the VP sample itself (VP space needs no input scaling)."""
@@ -206,12 +180,9 @@ class LCMScheduler(Scheduler):
     ) -> LCMStepOutput | tuple[Tensor, Tensor]:
         """One LCM step from the raw ``model_output`` at ``timestep``; fresh noise from ``generator``
         unless this is step ``num_inference_steps − 1``. Float32 inside; results in the output's dtype."""
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps(...) before step()")
-        if self._step_index is None:
-            begin = self._begin_index
-            self._step_index = begin if begin is not None else self.index_for_timestep(timestep)
-        index, t = self._step_index, torch.tensor([as_timestep(timestep)])
+        self._check_timesteps_set()
+        t = torch.tensor([as_timestep(timestep)])  # checks the value before it is looked up
+        index = self._current_index(timestep)
         nxt = self.timesteps[index + 1 : index + 2].cpu() if index + 1 < len(self.timesteps) else t
         landing = self.table.landing(nxt)
         c_skip, c_out = lcm_boundary_scalings(t, self.config.timestep_scaling)
@@ -227,9 +198,6 @@ class LCMScheduler(Scheduler):
         if not return_dict:
             return prev_sample, consistent
         return LCMStepOutput(prev_sample=prev_sample, denoised=consistent)
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
 
 def _spread(origin: np.ndarray, num_steps: int, original: int, strength: float, num_train_timesteps: int) -> Tensor:

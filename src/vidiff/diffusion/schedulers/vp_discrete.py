@@ -16,7 +16,7 @@ from torch import Tensor
 from .. import sigmas as schedules
 from ..parameterization import PREDICTIONS, DiscreteTimesteps, Parameterization
 from ..steppers_vp import SampleLimit, sample_limit
-from .base import check_choice
+from .base import check_training_options, config_alphas_cumprod, is_int
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,10 +29,7 @@ class AlphaTable:
     @classmethod
     def from_config(cls, config: Any) -> AlphaTable:
         """From a config with the β options and ``set_alpha_to_one`` (DDIM's / LCM's)."""
-        table = schedules.training_alphas_cumprod(
-            config.num_train_timesteps, config.beta_start, config.beta_end, config.beta_schedule,
-            config.trained_betas, config.rescale_betas_zero_snr,
-        )
+        table = config_alphas_cumprod(config)
         final = torch.tensor(1.0) if config.set_alpha_to_one else table[0].clone()
         return cls(table, final)
 
@@ -85,13 +82,7 @@ def config_limit(config: Any) -> SampleLimit | None:
 def check_vp_options(config: Any) -> None:
     """ValueError naming the option for the choices DDIM and LCM share."""
     owner = type(config).__name__
-    check_choice(owner, "beta_schedule", config.beta_schedule, schedules.BETA_SCHEDULES)
-    check_choice(owner, "prediction_type", config.prediction_type, PREDICTIONS)
-    check_choice(owner, "timestep_spacing", config.timestep_spacing, schedules.TIMESTEP_SPACINGS)
-    if not _is_int(config.num_train_timesteps) or config.num_train_timesteps < 1:
-        raise ValueError(f"{owner}: num_train_timesteps must be a positive int, got {config.num_train_timesteps!r}")
-    if not _is_int(config.steps_offset):
-        raise ValueError(f"{owner}: steps_offset must be an int, got {config.steps_offset!r}")
+    check_training_options(config, PREDICTIONS)
     if config.trained_betas is not None and len(config.trained_betas) != config.num_train_timesteps:
         raise ValueError(
             f"{owner}: trained_betas must hold num_train_timesteps={config.num_train_timesteps} values, "
@@ -105,7 +96,7 @@ def check_vp_options(config: Any) -> None:
 
 def check_step_count(name: str, value: Any, num_train_timesteps: int) -> None:
     """ValueError unless ``value`` is an int in [1, num_train_timesteps]."""
-    if not _is_int(value) or not 1 <= value <= num_train_timesteps:
+    if not is_int(value) or not 1 <= value <= num_train_timesteps:
         raise ValueError(
             f"{name} must be an int in [1, {num_train_timesteps}] (num_train_timesteps), got {value!r}"
         )
@@ -121,7 +112,3 @@ def as_timestep(timestep: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
         raise ValueError(f"timestep must be a whole training step (an int or 0-dim tensor), got {timestep!r}")
     return int(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
