@@ -230,7 +230,11 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        hidden = self.mid_block(self.conv_in(latents))
+        # Channels-last from here on: convolutions at the large output sizes run markedly faster in
+        # that layout (oneDNN on CPU ~2× here; cuDNN tensor cores for fp16). The output values are
+        # the same up to float rounding; the caller gets a channels-last strided tensor.
+        hidden = self.conv_in(latents).contiguous(memory_format=torch.channels_last)
+        hidden = self.mid_block(hidden)
         for block in self.up_blocks:
             hidden = block(hidden)
         return self.conv_out(F.silu(self.conv_norm_out(hidden)))
