@@ -22,6 +22,7 @@ from .unet_2d_blocks import (
     CrossAttentionOptions,
     PerLayer,
     ResnetOptions,
+    PerBlock,
     StageLayout,
     UNetDownBlock,
     UNetLayout,
@@ -32,7 +33,6 @@ from .unet_2d_blocks import (
     run_stages,
 )
 
-PerBlock = int | tuple[int, ...]
 
 # Block type names of the config → whether the stage has image transformers.
 _DOWN_BLOCK_ATTENTION = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}

@@ -27,6 +27,7 @@ from ..layers.resnet import Downsample2D, ResBlock2D, Upsample2D
 from ..layers.transformer_2d import Transformer2DModel
 
 PerLayer = int | tuple[int, ...]
+PerBlock = int | tuple[int, ...]  # one value for every stage, or one per stage
 
 
 def per_layer(value: PerLayer, num_layers: int, name: str) -> tuple[int, ...]:

@@ -21,6 +21,7 @@ from .unet_2d import ConditionalUNet, UNet2DConditionModel
 from .unet_2d_blocks import (
     CrossAttentionOptions,
     MotionOptions,
+    PerBlock,
     PerLayer,
     StageLayout,
     UNetLayout,
@@ -28,7 +29,6 @@ from .unet_2d_blocks import (
     per_block,
 )
 
-PerBlock = int | tuple[int, ...]
 
 # Block type names of the config → whether the stage has image transformers.
 _DOWN_BLOCK_ATTENTION = {"CrossAttnDownBlockMotion": True, "DownBlockMotion": False}

@@ -23,7 +23,7 @@ from ..loop import SamplingPlan
 from ..steppers import StepContext, generator_noise, given_noise
 from ..steppers_vp import DDIMStepper
 from .base import Scheduler, SchedulerStepOutput
-from .vp_discrete import AlphaTable, as_timestep, check_step_count, check_vp_options, config_limit, plan_sigmas
+from .vp_discrete import VPSchedulerParts, as_timestep, check_step_count, check_vp_options, plan_sigmas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +64,9 @@ class DDIMScheduler(Scheduler):
 
     def __init__(self, config: Config | dict[str, Any] | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        self.table = AlphaTable.from_config(self.config)
-        self.parameterization = self.table.parameterization(self.config.prediction_type)
-        self.limit = config_limit(self.config)
-        count = self.config.num_train_timesteps
-        self.timesteps = torch.arange(count - 1, -1, -1, dtype=torch.int64)  # before set_timesteps
+        parts = VPSchedulerParts.from_config(self.config)
+        self.table, self.parameterization, self.limit = parts.table, parts.parameterization, parts.limit
+        self.timesteps = parts.training_timesteps  # until set_timesteps
 
     @property
     def alphas_cumprod(self) -> Tensor:

@@ -79,6 +79,25 @@ def config_limit(config: Any) -> SampleLimit | None:
     )
 
 
+@dataclass(frozen=True, eq=False)
+class VPSchedulerParts:
+    """What a DDIM / LCM scheduler derives from its config once, at construction."""
+
+    table: AlphaTable
+    parameterization: Parameterization
+    limit: SampleLimit | None
+    training_timesteps: Tensor  # [T] int64, T-1 … 0: ``timesteps`` before ``set_timesteps``
+
+    @classmethod
+    def from_config(cls, config: Any) -> VPSchedulerParts:
+        table = AlphaTable.from_config(config)
+        count = config.num_train_timesteps
+        return cls(
+            table, table.parameterization(config.prediction_type), config_limit(config),
+            torch.arange(count - 1, -1, -1, dtype=torch.int64),
+        )
+
+
 def check_vp_options(config: Any) -> None:
     """ValueError naming the option for the choices DDIM and LCM share."""
     owner = type(config).__name__
