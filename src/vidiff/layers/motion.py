@@ -34,6 +34,8 @@ class MotionModule(nn.Module):
         max_seq_length: the most frames a call may have (length of the position table).
         double_self_attention: make ``attn2`` a second self-attention (AnimateDiff's layout).
         norm_elementwise_affine: whether the blocks' LayerNorms have weights and biases.
+        positional_embeddings: ``"sinusoidal"`` (AnimateDiff) or None: no position code and no
+            frame limit (diffusers' ``TransformerTemporalModel``, as in I2VGen-XL).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class MotionModule(nn.Module):
         max_seq_length: int = 32,
         double_self_attention: bool = True,
         norm_elementwise_affine: bool = True,
+        positional_embeddings: str | None = "sinusoidal",
     ) -> None:
         super().__init__()
         _check_sizes(in_channels, num_attention_heads, norm_num_groups, max_seq_length)
@@ -56,7 +59,8 @@ class MotionModule(nn.Module):
             attention_head_dim = in_channels // num_attention_heads
         inner_dim = num_attention_heads * attention_head_dim
         self.in_channels = in_channels
-        self.max_seq_length = max_seq_length
+        # Without a position table nothing bounds the number of frames.
+        self.max_seq_length = max_seq_length if positional_embeddings is not None else None
         self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
         self.proj_in = nn.Linear(in_channels, inner_dim)
         self.transformer_blocks = nn.ModuleList(
@@ -69,7 +73,7 @@ class MotionModule(nn.Module):
                 attention_bias=attention_bias,
                 double_self_attention=double_self_attention,
                 norm_elementwise_affine=norm_elementwise_affine,
-                positional_embeddings="sinusoidal",
+                positional_embeddings=positional_embeddings,
                 num_positional_embeddings=max_seq_length,
             )
             for _ in range(num_layers)
@@ -112,7 +116,7 @@ class MotionModule(nn.Module):
             )
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-        if num_frames > self.max_seq_length:
+        if self.max_seq_length is not None and num_frames > self.max_seq_length:
             raise ValueError(
                 f"num_frames={num_frames} exceeds the motion module's max_seq_length={self.max_seq_length}; "
                 "generate at most that many frames per window"
