@@ -49,3 +49,22 @@ def vidiff_animatediff(tiny_animatediff):
     pipe.scheduler = DDIMScheduler.from_pretrained(root / "sd15", subfolder="scheduler", **GUIDE_DDIM)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_i2vgen_xl(tmp_path_factory):
+    """(folder, diffusers oracle): a tiny random I2VGen-XL checkpoint saved by diffusers."""
+    from tests.i2vgen_xl_checkpoint import save_tiny_i2vgen_xl
+
+    folder = tmp_path_factory.mktemp("tiny-i2vgen-xl")
+    return folder, save_tiny_i2vgen_xl(folder)
+
+
+@pytest.fixture(scope="session")
+def vidiff_i2vgen_xl(tiny_i2vgen_xl):
+    """The tiny I2VGen-XL checkpoint loaded by vidiff (progress bars off); tests must not modify it."""
+    from vidiff import I2VGenXLPipeline
+
+    pipe = I2VGenXLPipeline.from_pretrained(tiny_i2vgen_xl[0])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from vidiff import StableVideoDiffusionPipeline, AnimateDiffPipeline, MotionAdapter, DDIMScheduler
+    from vidiff import StableVideoDiffusionPipeline, I2VGenXLPipeline, AnimateDiffPipeline, MotionAdapter, DDIMScheduler
     from vidiff import load_image, export_to_video, export_to_gif
 """
 
@@ -19,6 +19,7 @@ from .image_processing import CLIPImageProcessor
 from .media import export_to_gif, export_to_video, load_image, load_video
 from .models.clip import CLIPTextModel, CLIPVisionModelWithProjection
 from .models.motion_adapter import MotionAdapter
+from .models.unet_i2vgen_xl import I2VGenXLUNet
 from .models.unet_2d import UNet2DConditionModel
 from .models.unet_motion import UNetMotionModel
 from .models.unet_svd import UNetSpatioTemporalConditionModel
@@ -26,6 +27,7 @@ from .models.vae_kl import AutoencoderKL
 from .models.vae_temporal import AutoencoderKLTemporalDecoder
 from .pipelines.animatediff import AnimateDiffPipeline
 from .pipelines.frames import VideoPipelineOutput
+from .pipelines.i2vgen_xl import I2VGenXLPipeline
 from .pipelines.svd import StableVideoDiffusionPipeline
 from .tokenizer import CLIPTokenizer
 
@@ -41,6 +43,8 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
+    "I2VGenXLPipeline",
+    "I2VGenXLUNet",
     "LCMScheduler",
     "MotionAdapter",
     "StableVideoDiffusionPipeline",

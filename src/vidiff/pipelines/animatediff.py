@@ -17,14 +17,8 @@ import torch
 
 from .. import loading
 from ..diffusion.guidance import ClassifierFreeGuidance, NoGuidance
-from ..diffusion.loop import SamplingPlan, sample
-from ..diffusion.schedulers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LCMScheduler,
-)
+from ..diffusion.loop import sample
+from ..diffusion.schedulers import DDIMScheduler
 from ..models.clip_text import CLIPTextModel
 from ..models.motion_adapter import MotionAdapter
 from ..models.unet_2d import UNet2DConditionModel
@@ -33,23 +27,13 @@ from ..models.vae_kl import AutoencoderKL
 from ..tokenizer import CLIPTokenizer
 from . import arguments
 from . import frames as frames_io
-from . import prompts as prompt_io
-from .base import Pipeline
 from .noise import GeneratorInput, check_generator, randn
+from .text_video import CALLBACK_TENSOR_INPUTS, SCHEDULERS, TextVideoPipeline
 
 logger = logging.getLogger(__name__)
 
-CALLBACK_TENSOR_INPUTS = ("latents",)
-SCHEDULERS = {
-    cls.__name__: cls
-    for cls in (
-        DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, LCMScheduler,
-    )
-}
-Scheduler = DDIMScheduler | EulerDiscreteScheduler | EulerAncestralDiscreteScheduler | DPMSolverMultistepScheduler | LCMScheduler
 
-
-class AnimateDiffPipeline(Pipeline):
+class AnimateDiffPipeline(TextVideoPipeline):
     """Text-to-video with AnimateDiff.
 
     Load a Stable Diffusion 1.5 checkpoint plus a motion adapter::
@@ -76,12 +60,8 @@ class AnimateDiffPipeline(Pipeline):
     }
     optional_components = frozenset({"motion_adapter"})
 
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
     unet: UNetMotionModel
     motion_adapter: MotionAdapter | None
-    scheduler: Scheduler
 
     def __init__(self, **components: Any) -> None:
         super().__init__(**components)
@@ -214,58 +194,3 @@ class AnimateDiffPipeline(Pipeline):
     def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         # x: [B', 4, F, h, w]; the text embedding [B', 77, D] is shared by every frame of its video.
         return self.unet(x, timestep, cond["encoder_hidden_states"])
-
-    def _text_conditioning(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device):
-        """Prompt (and, with guidance, negative-prompt) embeddings [N, 77, D], one row per prompt."""
-        prompt_io.check_prompt_arguments(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
-        if prompt_embeds is None:
-            prompts = prompt_io.as_prompt_list(prompt)
-            prompt_embeds = prompt_io.encode_prompts(
-                self.tokenizer, self.text_encoder, prompts, clip_skip=clip_skip, device=device
-            )
-        prompt_embeds = prompt_embeds.to(device=device, dtype=self.text_encoder.dtype)
-        if not guided:
-            return prompt_embeds, None
-        if negative_prompt_embeds is None:
-            negatives = prompt_io.negative_prompt_list(negative_prompt, prompt_embeds.shape[0], prompt)
-            # diffusers never applies clip_skip to the unconditional text.
-            negative_prompt_embeds = prompt_io.encode_prompts(
-                self.tokenizer, self.text_encoder, negatives, device=device, max_length=prompt_embeds.shape[1],
-                argument="negative_prompt",
-            )
-        return prompt_embeds, negative_prompt_embeds.to(device=device, dtype=self.text_encoder.dtype)
-
-    def _plan(self, num_inference_steps: int, eta: float, device: torch.device) -> SamplingPlan:
-        if isinstance(self.scheduler, DDIMScheduler):
-            return self.scheduler.plan(num_inference_steps, eta=eta, device=device)
-        if eta:
-            logger.warning("eta=%s is ignored: only DDIMScheduler uses it (the scheduler is %s)", eta, type(self.scheduler).__name__)
-        return self.scheduler.plan(num_inference_steps, device=device)
-
-    def _initial_latents(self, shape, latents, generator, device, dtype) -> torch.Tensor:
-        if latents is not None:
-            return arguments.given_latents(latents, shape, device, dtype)
-        return randn(shape, generator, device=device, dtype=dtype)  # [B, 4, F, h, w], diffusers' layout too
-
-    def _decode(self, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
-        """[B, 4, F, h, w] → [B, 3, F, H, W] in [-1, 1], ``chunk_size`` frames per VAE call.
-
-        The image VAE decodes every frame on its own, so the chunk size changes memory, not the result.
-        """
-        batch, _, num_frames = latents.shape[:3]
-        flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / self.vae.config.scaling_factor  # [B·F, 4, h, w]
-        flat = flat.to(self.vae.dtype)
-        starts = range(0, flat.shape[0], chunk_size)
-        pieces = [self.vae.decode(flat[i : i + chunk_size]) for i in self.progress_bar(starts, total=len(starts), desc="decoding")]
-        frames = torch.cat(pieces).float()  # [B·F, 3, H, W]
-        return frames.unflatten(0, (batch, num_frames)).permute(0, 2, 1, 3, 4)
-
-    def _check_arguments(self, height, width, num_frames, steps, guidance_scale, eta, videos, chunk, output_type, tensor_inputs) -> None:
-        arguments.check_size(height, width, self.vae_scale_factor)
-        arguments.check_counts(num_frames=num_frames, num_inference_steps=steps, num_videos_per_prompt=videos, decode_chunk_size=chunk)
-        if guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be ≥ 0 (≤ 1 turns guidance off), got {guidance_scale}")
-        if not 0 <= eta <= 1:
-            raise ValueError(f"`eta` must be in [0, 1] (0 = deterministic DDIM), got {eta}")
-        frames_io.check_output_type(output_type)
-        arguments.check_callback_inputs(tensor_inputs, CALLBACK_TENSOR_INPUTS)

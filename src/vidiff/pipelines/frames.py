@@ -87,7 +87,7 @@ def images_to_tensor(image: ImageInput) -> tuple[torch.Tensor, list[PIL.Image.Im
         pils = [i.convert("RGB") for i in image]
         if len({p.size for p in pils}) > 1:
             raise ValueError(f"`image` list holds images of different sizes {[p.size for p in pils]}; resize them first")
-        return torch.stack([_pil_to_tensor(p) for p in pils]), pils
+        return pils_to_tensor(pils), pils
     if isinstance(image, np.ndarray):
         return _array_to_tensor(image), None
     if isinstance(image, torch.Tensor):
@@ -110,11 +110,47 @@ def resize_images(images: torch.Tensor, pils: list[PIL.Image.Image] | None, heig
     interpolation (``F.interpolate``'s default), which is diffusers' behaviour for those inputs.
     """
     if pils is not None:
-        resized = [p.resize((width, height), resample=PIL.Image.Resampling.LANCZOS) for p in pils]
-        return torch.stack([_pil_to_tensor(p) for p in resized])
+        return pils_to_tensor([p.resize((width, height), resample=PIL.Image.Resampling.LANCZOS) for p in pils])
     if images.shape[-2:] == (height, width):
         return images
     return torch.nn.functional.interpolate(images, size=(height, width))
+
+
+def images_to_pils(image: ImageInput) -> list[PIL.Image.Image]:
+    """The user's ``image`` argument (any form :func:`images_to_tensor` takes) as RGB PIL images.
+
+    Float arrays and tensors in [0, 1] are rounded to 8 bits (``round(x · 255)``, values outside
+    [0, 1] clipped), as diffusers does before its PIL-based crops.
+    """
+    if isinstance(image, PIL.Image.Image) or (
+        isinstance(image, (list, tuple)) and image and all(isinstance(i, PIL.Image.Image) for i in image)
+    ):
+        # PIL images of any sizes (the pipelines crop them); no round trip through floats.
+        return [i.convert("RGB") for i in ([image] if isinstance(image, PIL.Image.Image) else image)]
+    pixels, _ = images_to_tensor(image)
+    uint8 = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [N, H, W, 3]
+    return [PIL.Image.fromarray(one) for one in uint8]
+
+
+def cover_and_center_crop(images: list[PIL.Image.Image], width: int, height: int) -> list[PIL.Image.Image]:
+    """Scale each image (box filter) until it covers ``width × height``, then cut out the centre.
+
+    I2VGen-XL's preprocessing: the scale is the smaller of the two side ratios, each new side is
+    ``round(side // scale)`` (floor, as the reference does), and the crop's top-left corner is
+    ``((W' − width) // 2, (H' − height) // 2)``. Aspect ratio is kept; what sticks out is dropped.
+    """
+    out = []
+    for image in images:
+        scale = min(image.width / width, image.height / height)
+        scaled = image.resize((round(image.width // scale), round(image.height // scale)), resample=PIL.Image.Resampling.BOX)
+        left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
+        out.append(scaled.crop((left, top, left + width, top + height)))
+    return out
+
+
+def pils_to_tensor(images: list[PIL.Image.Image]) -> torch.Tensor:
+    """Same-size PIL images → ``[N, 3, H, W]`` float32 in [0, 1]."""
+    return torch.stack([_pil_to_tensor(image) for image in images])
 
 
 def videos_to_output(videos: torch.Tensor, output_type: str) -> Any:
