@@ -1,8 +1,8 @@
 """I2VGen-XL's video denoiser ``I2VGenXLUNet``: a 3-D UNet conditioned on text, a still image and fps.
 
-The conditioning image enters three ways: its VAE latents (one per frame, usually the first frame
-then constant planes marking each frame's position) are encoded per frame and across frames and concatenated to the noisy sample along
-channels; the first frame's latents are pooled into 64 context tokens; and its CLIP image embedding
+The conditioning image enters three ways: its VAE latents (one per frame: the pipeline passes the
+image's latent in frame 0 and constant planes marking each frame's position after it) are encoded
+per frame and across frames and concatenated to the noisy sample along channels; the first frame's latents are pooled into 64 context tokens; and its CLIP image embedding
 is projected into ``in_channels`` more context tokens. Text states, image-latent tokens and
 image-embedding tokens form the cross-attention context of every frame. The frame rate is
 embedded like a timestep and added to the time embedding.
@@ -165,8 +165,8 @@ class I2VGenXLUNet(PretrainedModel):
             timestep: the discrete timestep as a number, a 0-dim tensor or one per video ``[B]``.
             fps: frames per second of the video to make: a number, a 0-dim tensor or ``[B]``.
             image_latents: ``[B, 4, F, H, W]`` VAE latents of the conditioning image per frame (the
-                pipeline puts the image in frame 0 and a constant k / (F − 1) in frame k); frame 0 also feeds
-                the context.
+                pipeline puts the image in frame 0 and the constant k / (F − 1) in frame k); frame 0 also
+                feeds the context.
             image_embeddings: ``[B, cross_attention_dim]`` CLIP image embeddings.
             encoder_hidden_states: ``[B, L, cross_attention_dim]`` text-encoder states.
 
