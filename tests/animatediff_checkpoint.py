@@ -11,6 +11,7 @@ Two layouts, as users meet them:
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -61,25 +62,31 @@ GUIDE_DDIM = dict(clip_sample=False, timestep_spacing="linspace", beta_schedule=
 SMALL_CALL = dict(height=32, width=48, num_frames=4, num_inference_steps=3, output_type="np")
 
 
-def build_parts(seed: int = 0) -> dict:
-    """The diffusers components with tiny, perturbed random weights (tokenizer written to a temp dir)."""
-    import tempfile
-
-    from diffusers import AutoencoderKL, MotionAdapter, PNDMScheduler, UNet2DConditionModel
+def tiny_clip_text(seed: int, **overrides) -> tuple:
+    """(tokenizer, text encoder): the tiny byte-level CLIP tokenizer (written to a temp dir) and a
+    perturbed random transformers CLIPTextModel sized for it; ``overrides`` change TEXT_ENCODER."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    torch.manual_seed(seed)
     folder = Path(tempfile.mkdtemp(prefix="tiny-clip-tokenizer-"))
     write_tiny_clip_tokenizer(folder)
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **TEXT_ENCODER,
+        pad_token_id=tokenizer.pad_token_id, **{**TEXT_ENCODER, **overrides},
     )
+    return tokenizer, perturb_(CLIPTextModel(text_config), seed=seed).eval()
+
+
+def build_parts(seed: int = 0) -> dict:
+    """The diffusers components with tiny, perturbed random weights (tokenizer written to a temp dir)."""
+    from diffusers import AutoencoderKL, MotionAdapter, PNDMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer, text_encoder = tiny_clip_text(seed + 3)
     return dict(
         unet=perturb_(UNet2DConditionModel(**UNET), seed=seed + 1).eval(),
         vae=perturb_(AutoencoderKL(**VAE), seed=seed + 2).eval(),
-        text_encoder=perturb_(CLIPTextModel(text_config), seed=seed + 3).eval(),
+        text_encoder=text_encoder,
         tokenizer=tokenizer,
         scheduler=PNDMScheduler(**SD_SCHEDULER),
         motion_adapter=perturb_(MotionAdapter(**MOTION_ADAPTER), seed=seed + 4).eval(),

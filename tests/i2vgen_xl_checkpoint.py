@@ -8,15 +8,15 @@ broken text or image path cannot hide under it).
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import torch
 
+from tests import animatediff_checkpoint
 from tests.helpers import perturb_
-from tests.tokenizer_fixture import write_tiny_clip_tokenizer
 
-CROSS = 32  # text width = image projection width = UNet cross-attention width
+# text width (AnimateDiff's tiny CLIP text encoder) = image projection width = UNet cross-attention width
+CROSS = animatediff_checkpoint.TEXT_ENCODER["hidden_size"]
 UNET = dict(
     block_out_channels=(32, 64),
     down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
@@ -30,20 +30,10 @@ UNET = dict(
     out_channels=4,
     sample_size=8,
 )
-# Four blocks so the VAE downsamples by 8 like the real one. scaling_factor: neither the default
+# AnimateDiff's tiny 4-block VAE (it downsamples by 8 like the real one). scaling_factor: neither the default
 # (0.18215) nor 1, so a hard-coded or forgotten factor breaks parity; large enough that the image
 # latents (and so the image) visibly steer the tiny model.
-VAE = dict(
-    block_out_channels=(16, 16, 32, 32),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=8,
-    sample_size=64,
-    scaling_factor=0.8,
-)
-TEXT_ENCODER = dict(hidden_size=CROSS, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77)
+VAE = {**animatediff_checkpoint.VAE, "scaling_factor": 0.8}
 CLIP_VISION = dict(
     hidden_size=32, intermediate_size=48, projection_dim=CROSS, num_hidden_layers=2, num_attention_heads=4,
     image_size=224, patch_size=32, hidden_act="gelu",
@@ -68,27 +58,14 @@ def build_parts(
     ``text`` and ``vision`` (the CLIP image tower) override entries of the default configs (for
     held-out variants and the benchmark's larger sizes)."""
     from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTokenizer,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
-    folder = Path(tempfile.mkdtemp(prefix="tiny-clip-tokenizer-"))
-    write_tiny_clip_tokenizer(folder)
-    tokenizer = CLIPTokenizer.from_pretrained(folder)
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **{**TEXT_ENCODER, **(text or {})},
-    )
+    tokenizer, text_encoder = animatediff_checkpoint.tiny_clip_text(seed + 3, **(text or {}))
     return dict(
         unet=perturb_(I2VGenXLUNet(**{**UNET, **(unet or {})}), seed=seed + 1).eval(),
         vae=perturb_(AutoencoderKL(**{**VAE, **(vae or {})}), seed=seed + 2).eval(),
-        text_encoder=perturb_(CLIPTextModel(text_config), seed=seed + 3).eval(),
+        text_encoder=text_encoder,
         image_encoder=perturb_(
             CLIPVisionModelWithProjection(CLIPVisionConfig(**{**CLIP_VISION, **(vision or {})})), seed=seed + 4
         ).eval(),

@@ -6,24 +6,16 @@ import pytest
 import torch
 from diffusers import I2VGenXLUNet as OracleUNet
 
+from tests import i2vgen_xl_checkpoint
 from tests.helpers import assert_same_state_dict_schema, max_abs_diff, perturb_, published_config
 from vidiff.models.unet_i2vgen_xl import I2VGenXLUNet, I2VGenXLUNetConfig
 
 TOLERANCE = 1e-4
-CROSS = 32
+CROSS = i2vgen_xl_checkpoint.CROSS
 
-# attention_head_dim 8 on 32/64 channels: 4/8 heads of width 8, so swapping heads and width would show.
-TINY = dict(
-    block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-    layers_per_block=1,
-    norm_num_groups=8,
-    cross_attention_dim=CROSS,
-    attention_head_dim=8,
-    num_attention_heads=None,
-    sample_size=16,
-)
+# The pipeline tests' tiny UNet: attention_head_dim 8 on 32/64 channels gives 4/8 heads of width 8,
+# so swapping heads and width would show.
+TINY = {**i2vgen_xl_checkpoint.UNET, "sample_size": 16}
 
 
 @pytest.fixture(scope="module")

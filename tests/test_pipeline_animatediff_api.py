@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 
+from tests import bad_inputs
 from tests.animatediff_checkpoint import SMALL_CALL as BASE
 from tests.helpers import max_abs_diff
 from vidiff import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNetMotionModel, export_to_gif
@@ -183,26 +184,9 @@ def test_eta_with_another_scheduler_warns(pipe, caplog):
     assert "eta" in caplog.text
 
 
-BAD_INPUTS = [
-    (dict(height=30), ValueError, "height"),
-    (dict(width=50), ValueError, "width"),
-    (dict(num_frames=0), ValueError, "num_frames"),
+BAD_INPUTS = bad_inputs.COMMON + bad_inputs.TEXT + [
     (dict(num_frames=33), ValueError, "frames"),  # more than the motion modules' 32 positions
-    (dict(decode_chunk_size=0), ValueError, "decode_chunk_size"),
-    (dict(num_inference_steps=0), ValueError, "num_inference_steps"),
-    (dict(num_videos_per_prompt=0), ValueError, "num_videos_per_prompt"),
-    (dict(guidance_scale=-1.0), ValueError, "guidance_scale"),
-    (dict(eta=2.0), ValueError, "eta"),
-    (dict(prompt=None), ValueError, "prompt"),
-    (dict(prompt=3), TypeError, "prompt"),
     (dict(prompt_embeds=torch.zeros(1, 77, 32)), ValueError, "prompt"),
-    (dict(negative_prompt=["a", "b"]), TypeError, "negative_prompt"),
-    (dict(prompt=["a", "b"], negative_prompt=["c"]), ValueError, "negative_prompt"),
-    (dict(generator=[torch.Generator()] * 3), ValueError, "generator"),
-    (dict(generator="seed"), TypeError, "generator"),
-    (dict(latents=torch.zeros(1, 4, 3, 4, 6)), ValueError, "latents"),
-    (dict(output_type="gif"), ValueError, "output_type"),
-    (dict(callback_on_step_end_tensor_inputs=["noise"]), ValueError, "callback_on_step_end_tensor_inputs"),
 ]
 
 

@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 
+from tests import bad_inputs
 from tests.helpers import max_abs_diff
 from tests.svd_checkpoint import SMALL_CALL as BASE
 from tests.svd_checkpoint import random_image
@@ -104,20 +105,11 @@ def test_to_moves_every_component(tiny_svd):
         moved.to(3)
 
 
-BAD_INPUTS = [
-    (dict(height=30), ValueError, "height"),
-    (dict(width=50), ValueError, "width"),
-    (dict(num_frames=0), ValueError, "num_frames"),
-    (dict(decode_chunk_size=0), ValueError, "decode_chunk_size"),
-    (dict(num_inference_steps=0), ValueError, "num_inference_steps"),
-    (dict(num_videos_per_prompt=0), ValueError, "num_videos_per_prompt"),
+BAD_INPUTS = bad_inputs.COMMON + [
     (dict(min_guidance_scale=-1.0), ValueError, "guidance"),
     (dict(min_guidance_scale=3.0, max_guidance_scale=2.0), ValueError, "min_guidance_scale"),
     (dict(generator=[torch.Generator()] * 3, num_videos_per_prompt=2), ValueError, "generator"),
-    (dict(generator="seed"), TypeError, "generator"),
     (dict(latents=torch.zeros(1, 3, 4, 4, 6)), ValueError, "latents"),
-    (dict(output_type="gif"), ValueError, "output_type"),
-    (dict(callback_on_step_end_tensor_inputs=["noise"]), ValueError, "callback_on_step_end_tensor_inputs"),
 ]
 
 

@@ -17,7 +17,6 @@ import torch
 
 from .. import loading
 from ..diffusion.guidance import ClassifierFreeGuidance, NoGuidance
-from ..diffusion.loop import sample
 from ..diffusion.schedulers import DDIMScheduler
 from ..models.clip_text import CLIPTextModel
 from ..models.motion_adapter import MotionAdapter
@@ -25,7 +24,6 @@ from ..models.unet_2d import UNet2DConditionModel
 from ..models.unet_motion import UNetMotionModel
 from ..models.vae_kl import AutoencoderKL
 from ..tokenizer import CLIPTokenizer
-from . import arguments
 from . import frames as frames_io
 from .noise import GeneratorInput, check_generator, randn
 from .text_video import CALLBACK_TENSOR_INPUTS, SCHEDULERS, TextVideoPipeline
@@ -173,22 +171,12 @@ class AnimateDiffPipeline(TextVideoPipeline):
         shape = (batch_size, self.unet.config.in_channels, num_frames, height // self.vae_scale_factor, width // self.vae_scale_factor)
         latents = self._initial_latents(shape, latents, generator, device, prompt_embeds.dtype) * plan.init_noise_sigma
 
-        latents = sample(
-            self._network,
-            latents,
-            plan,
-            cond,
-            uncond,
-            ClassifierFreeGuidance(guidance_scale) if guided else NoGuidance(),
+        latents = self._denoise(
+            latents, plan, cond, uncond, ClassifierFreeGuidance(guidance_scale) if guided else NoGuidance(),
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
             noise=lambda noise_shape, noise_dtype=None: randn(noise_shape, generator, device=device, dtype=noise_dtype or latents.dtype),
-            on_step=arguments.latents_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs),
-            progress=lambda steps: self.progress_bar(steps, total=plan.num_steps, desc="denoising"),
         )
-        if output_type == "latent":
-            frames = latents
-        else:
-            frames = frames_io.videos_to_output(self._decode(latents, decode_chunk_size), output_type)
-        return frames_io.VideoPipelineOutput(frames=frames) if return_dict else (frames,)
+        return self._finish(latents, output_type, return_dict, decode_chunk_size)
 
     # ------------------------------------------------------------------ steps of __call__
     def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -12,6 +12,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__, loading
+from ..diffusion.guidance import Guidance
+from ..diffusion.loop import SamplingPlan, sample
+from ..diffusion.steppers import NoiseSource
+from . import arguments
+from . import frames as frames_io
 
 logger = logging.getLogger(__name__)
 P = TypeVar("P", bound="Pipeline")
@@ -177,6 +182,47 @@ class Pipeline:
         denoiser = getattr(self, "unet", None)
         modules = [denoiser] if isinstance(denoiser, torch.nn.Module) else self._modules()
         return modules[0].dtype if modules else torch.float32
+
+    # ------------------------------------------------------------------ the common tail of __call__
+    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The denoiser as the loop calls it; each pipeline maps its conditioning onto its UNet."""
+        raise NotImplementedError
+
+    def _decode(self, latents: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+        """Final latents [B, C, F, h, w] → frames [B, 3, F, H, W] in [-1, 1]."""
+        raise NotImplementedError
+
+    def _denoise(
+        self,
+        latents: torch.Tensor,
+        plan: SamplingPlan,
+        cond: Mapping[str, torch.Tensor],
+        uncond: Mapping[str, torch.Tensor] | None,
+        guidance: Guidance,
+        callback: Callable[..., dict[str, Any]] | None,
+        tensor_inputs: Sequence[str],
+        noise: NoiseSource | None = None,
+    ) -> torch.Tensor:
+        """Run the one denoising loop with this pipeline's network, step callback and progress bar."""
+        return sample(
+            self._network,
+            latents,
+            plan,
+            cond,
+            uncond,
+            guidance,
+            noise=noise,
+            on_step=arguments.latents_callback(self, callback, tensor_inputs),
+            progress=lambda steps: self.progress_bar(steps, total=plan.num_steps, desc="denoising"),
+        )
+
+    def _finish(self, latents: torch.Tensor, output_type: str, return_dict: bool, decode_chunk_size: int | None) -> Any:
+        """Decode (unless ``output_type="latent"``) and wrap the result as diffusers returns it."""
+        if output_type == "latent":
+            frames = latents
+        else:
+            frames = frames_io.videos_to_output(self._decode(latents, decode_chunk_size), output_type)
+        return frames_io.VideoPipelineOutput(frames=frames) if return_dict else (frames,)
 
     # ------------------------------------------------------------------ progress
     def set_progress_bar_config(self, **kwargs: Any) -> None:

@@ -19,14 +19,12 @@ import PIL.Image
 import torch
 
 from ..diffusion.guidance import ClassifierFreeGuidance, NoGuidance
-from ..diffusion.loop import sample
 from ..image_processing import CLIPImageProcessor
 from ..models.clip import CLIPVisionModelWithProjection
 from ..models.clip_text import CLIPTextModel
 from ..models.unet_i2vgen_xl import I2VGenXLUNet
 from ..models.vae_kl import AutoencoderKL
 from ..tokenizer import CLIPTokenizer
-from . import arguments
 from . import frames as frames_io
 from .noise import GeneratorInput, check_generator, randn
 from .prompts import PromptInput
@@ -171,22 +169,11 @@ class I2VGenXLPipeline(TextVideoPipeline):
             noise = randn((b, f, c, h, w), generator, device=device, dtype=noise_dtype or latents.dtype)
             return noise.permute(0, 2, 1, 3, 4)
 
-        latents = sample(
-            self._network,
-            latents,
-            plan,
-            cond,
-            uncond,
-            ClassifierFreeGuidance(guidance_scale) if guided else NoGuidance(),
-            noise=step_noise,
-            on_step=arguments.latents_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs),
-            progress=lambda steps: self.progress_bar(steps, total=plan.num_steps, desc="denoising"),
+        latents = self._denoise(
+            latents, plan, cond, uncond, ClassifierFreeGuidance(guidance_scale) if guided else NoGuidance(),
+            callback_on_step_end, callback_on_step_end_tensor_inputs, noise=step_noise,
         )
-        if output_type == "latent":
-            frames = latents
-        else:
-            frames = frames_io.videos_to_output(self._decode(latents, decode_chunk_size), output_type)
-        return frames_io.VideoPipelineOutput(frames=frames) if return_dict else (frames,)
+        return self._finish(latents, output_type, return_dict, decode_chunk_size)
 
     # ------------------------------------------------------------------ steps of __call__
     def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:

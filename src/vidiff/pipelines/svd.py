@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from ..diffusion.guidance import FrameRampGuidance, NoGuidance
-from ..diffusion.loop import sample
 from ..diffusion.schedulers import EulerDiscreteScheduler
 from ..image_processing import CLIPImageProcessor
 from ..models.clip import CLIPVisionModelWithProjection
@@ -130,21 +129,11 @@ class StableVideoDiffusionPipeline(Pipeline):
         latents = self._initial_latents(shape, latents, generator, device, dtype) * plan.init_noise_sigma
         guidance = FrameRampGuidance(min_guidance_scale, max_guidance_scale, num_frames) if guided else NoGuidance()
 
-        latents = sample(
-            self._network,
-            latents,
-            plan,
-            cond,
-            uncond,
-            guidance,
-            on_step=arguments.latents_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs),
-            progress=lambda steps: self.progress_bar(steps, total=len(plan.timesteps), desc="denoising"),
+        latents = self._denoise(
+            latents, plan, cond, uncond, guidance,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
         )
-        if output_type == "latent":
-            frames = latents
-        else:
-            frames = frames_io.videos_to_output(self._decode(latents, decode_chunk_size), output_type)
-        return frames_io.VideoPipelineOutput(frames=frames) if return_dict else (frames,)
+        return self._finish(latents, output_type, return_dict, decode_chunk_size)
 
     # ------------------------------------------------------------------ steps of __call__
     def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
