@@ -23,16 +23,16 @@ PROMPT = "Papers were floating in the air on a table in the library"
 NEGATIVE_PROMPT = "Distorted, discontinuous, Ugly, blurry, low resolution, motionless, static"
 
 # Per size above "tiny" (= the test checkpoint): UNet channels per stage (the last stage has no
-# cross-attention), attention heads (I2VGenXLUNet's legacy `attention_head_dim` is the head COUNT of
-# every stage, and the width of transformer_in's 8 heads), UNet layers per block, cross-attention
+# cross-attention), `attention_head_dim` (in I2VGenXLUNet the head WIDTH of every stage's
+# transformers, C // value heads, and the width of transformer_in's 8 heads), UNet layers per block, cross-attention
 # width (= CLIP text width = CLIP image projection), CLIP text layers, CLIP image tower (width,
 # layers, patch), VAE channels, and the default run (frames, height, width, steps). The released
-# I2VGen-XL is UNet (320, 640, 1280, 1280) with 64 heads, CLIP text 1024 × 24 layers, CLIP image
+# I2VGen-XL is UNet (320, 640, 1280, 1280) with heads of width 64, CLIP text 1024 × 24 layers, CLIP image
 # 1280 × 32 layers (patch 14), VAE (128, 256, 512, 512), 16 frames at 704 × 1280, 50 steps.
 SIZES = {
-    "small": dict(unet=(64, 128, 128), heads=4, layers=1, cross=64, text_layers=2, vision=(64, 2, 32),
+    "small": dict(unet=(64, 128, 128), head_dim=4, layers=1, cross=64, text_layers=2, vision=(64, 2, 32),
                   vae=(64, 64, 64, 64), run=(8, 128, 128, 6)),
-    "medium": dict(unet=(160, 320, 640, 640), heads=10, layers=2, cross=512, text_layers=8, vision=(512, 8, 14),
+    "medium": dict(unet=(160, 320, 640, 640), head_dim=32, layers=2, cross=512, text_layers=8, vision=(512, 8, 14),
                    vae=(128, 128, 256, 256), run=(16, 320, 512, 25)),
 }
 TINY_RUN = tuple(tiny.SMALL_CALL[key] for key in ("num_frames", "height", "width", "num_inference_steps"))
@@ -46,7 +46,7 @@ def overrides(size: str) -> dict[str, dict]:
     spec, stages = SIZES[size], len(SIZES[size]["unet"])
     width, layers, patch = spec["vision"]
     return dict(
-        unet=dict(block_out_channels=spec["unet"], attention_head_dim=spec["heads"], layers_per_block=spec["layers"],
+        unet=dict(block_out_channels=spec["unet"], attention_head_dim=spec["head_dim"], layers_per_block=spec["layers"],
                   down_block_types=("CrossAttnDownBlock3D",) * (stages - 1) + ("DownBlock3D",),
                   up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (stages - 1),
                   norm_num_groups=32, cross_attention_dim=spec["cross"], sample_size=spec["run"][1] // 8),
