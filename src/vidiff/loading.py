@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from huggingface_hub import constants as hub_constants
-from huggingface_hub import hf_hub_download, list_repo_files
+from huggingface_hub import hf_hub_download, list_repo_files, try_to_load_from_cache
 from huggingface_hub.utils import (
     HFValidationError,
     RepositoryNotFoundError,
@@ -119,6 +119,9 @@ class _HubFiles:
         return relpath in self.listing
 
     def path(self, relpath: str) -> Path:
+        # huggingface_hub still checks a cached file is current; the log says whether bytes will move.
+        cached = try_to_load_from_cache(self.repo_id, relpath, cache_dir=self.cache_dir, revision=self.revision)
+        logger.info("%s: %s %s", self.repo_id, relpath, "found in the cache" if isinstance(cached, str) else "downloading")
         try:
             local = hf_hub_download(self.repo_id, relpath, revision=self.revision, cache_dir=self.cache_dir)
         except _UNREACHABLE as error:
@@ -162,6 +165,7 @@ class Checkpoint:
         name = os.fspath(name_or_path)
         path = Path(name).expanduser()
         if path.is_dir():
+            logger.info("%s: a local folder", name)
             return cls(name, _FolderFiles(path))
         if path.exists():
             raise FileNotFoundError(f"{name} is a file; expected a checkpoint folder ({_LAYOUT_HINT}) or a Hub repo id")

@@ -1,0 +1,188 @@
+"""What each ``vidiff`` subcommand is: its pipeline, default checkpoint, inputs and flags.
+
+Flags map one-to-one onto pipeline arguments (the argparse ``dest`` is the argument's name); their
+defaults are read from the pipeline's ``__call__`` signature, so they live in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ..diffusion import schedulers
+from ..pipelines.animatediff import AnimateDiffPipeline
+from ..pipelines.base import Pipeline
+from ..pipelines.i2vgen_xl import I2VGenXLPipeline
+from ..pipelines.svd import StableVideoDiffusionPipeline
+
+
+# ------------------------------------------------------------------------------ value parsers
+def _integer(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _integer(text, 1, "an integer ≥ 1")
+
+
+def non_negative_int(text: str) -> int:
+    return _integer(text, 0, "an integer ≥ 0")
+
+
+def pixels(text: str) -> int:
+    value = _integer(text, 8, "a positive multiple of 8 (pixels)")
+    if value % 8:
+        lower, upper = value - value % 8, value - value % 8 + 8
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of 8 (pixels), got {value}; try {lower} or {upper}")
+    return value
+
+
+def _number(text: str, low: float, high: float | None, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not (value >= low and (high is None or value <= high)):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, 0.0, None, "a number ≥ 0")
+
+
+def unit_interval(text: str) -> float:
+    return _number(text, 0.0, 1.0, "a number in [0, 1]")
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, 0.0, None, "a positive number")
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a positive number, got 0")
+    return value
+
+
+# ------------------------------------------------------------------------------ specs
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """``--option`` → the pipeline argument ``param`` (parsed by ``parse``)."""
+
+    option: str
+    param: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    pipeline: type[Pipeline]
+    default_model: str
+    summary: str
+    takes_image: bool
+    takes_prompt: bool
+    flags: tuple[Flag, ...]
+    # The pipeline argument the video is exported at (frames per second), or None: the ``--fps``
+    # flag of a pipeline without an fps conditioning only sets the export rate.
+    fps_param: str | None
+    default_motion_adapter: str | None = None
+
+    def default(self, param: str) -> Any:
+        """The pipeline's own default for ``param`` (``None`` = decided from the model)."""
+        value = inspect.signature(self.pipeline.__call__).parameters[param].default
+        return None if value is inspect.Parameter.empty else value
+
+    @property
+    def scheduler_classes(self) -> dict[str, type]:
+        return self.pipeline.components["scheduler"]
+
+
+def _flags(*specs: tuple[str, str, Callable[[str], Any], str]) -> tuple[Flag, ...]:
+    return tuple(Flag(*spec) for spec in specs)
+
+
+SIZE = (
+    ("--height", "height", pixels, "video height in pixels (multiple of 8)"),
+    ("--width", "width", pixels, "video width in pixels (multiple of 8)"),
+)
+COUNTS = (
+    ("--num-frames", "num_frames", positive_int, "frames per video"),
+    ("--steps", "num_inference_steps", positive_int, "denoising steps"),
+    ("--num-videos", "num_videos_per_prompt", positive_int, "videos to make (numbered outputs when > 1)"),
+    ("--decode-chunk-size", "decode_chunk_size", positive_int, "frames per VAE decoder call; lower saves memory"),
+)
+TEXT = (
+    ("--negative-prompt", "negative_prompt", str, "what to steer away from"),
+    ("--guidance-scale", "guidance_scale", non_negative_float, "classifier-free guidance weight; ≤ 1 turns it off"),
+    ("--eta", "eta", unit_interval, "DDIM's η: 0 deterministic, 1 fully stochastic"),
+    ("--clip-skip", "clip_skip", non_negative_int, "use the text encoder's state this many layers before the last (0 = last)"),
+)
+
+SVD = Command(
+    name="svd",
+    pipeline=StableVideoDiffusionPipeline,
+    default_model="stabilityai/stable-video-diffusion-img2vid-xt",
+    summary="image → video with Stable Video Diffusion (SVD / SVD-XT)",
+    takes_image=True,
+    takes_prompt=False,
+    flags=_flags(
+        *SIZE, *COUNTS,
+        ("--min-guidance-scale", "min_guidance_scale", non_negative_float, "guidance on the first frame"),
+        ("--max-guidance-scale", "max_guidance_scale", non_negative_float, "guidance on the last frame (ramps linearly)"),
+        ("--fps", "fps", positive_int, "frame rate the model is conditioned on; also the export rate"),
+        ("--motion-bucket-id", "motion_bucket_id", non_negative_int, "amount of motion"),
+        ("--noise-aug-strength", "noise_aug_strength", non_negative_float, "noise added to the image: more motion, less likeness"),
+    ),
+    fps_param="fps",
+)
+I2VGEN_XL = Command(
+    name="i2vgen-xl",
+    pipeline=I2VGenXLPipeline,
+    default_model="ali-vilab/i2vgen-xl",
+    summary="image + prompt → video with I2VGen-XL",
+    takes_image=True,
+    takes_prompt=True,
+    flags=_flags(
+        *SIZE, *COUNTS, *TEXT,
+        ("--target-fps", "target_fps", positive_int, "frame rate the model is conditioned on; also the export rate"),
+    ),
+    fps_param="target_fps",
+)
+ANIMATEDIFF = Command(
+    name="animatediff",
+    pipeline=AnimateDiffPipeline,
+    default_model="emilianJR/epiCRealism",
+    summary="prompt → video with AnimateDiff (a Stable Diffusion 1.5 checkpoint + a motion adapter)",
+    takes_image=False,
+    takes_prompt=True,
+    flags=_flags(*SIZE, *COUNTS, *TEXT),
+    fps_param=None,
+    default_motion_adapter="guoyww/animatediff-motion-adapter-v1-5-2",
+)
+COMMANDS = {command.name: command for command in (SVD, I2VGEN_XL, ANIMATEDIFF)}
+ANIMATEDIFF_EXPORT_FPS = 8  # AnimateDiff has no fps conditioning; its guide exports at 8
+
+# Short scheduler names for --scheduler, besides the class names.
+SCHEDULER_ALIASES = {
+    "ddim": schedulers.DDIMScheduler,
+    "euler": schedulers.EulerDiscreteScheduler,
+    "euler-ancestral": schedulers.EulerAncestralDiscreteScheduler,
+    "dpm++": schedulers.DPMSolverMultistepScheduler,
+    "lcm": schedulers.LCMScheduler,
+}
+
+
+def scheduler_choices(command: Command) -> dict[str, type]:
+    """Every name ``--scheduler`` accepts for ``command``: class names and short aliases."""
+    classes = command.scheduler_classes
+    allowed = set(classes.values())
+    return {**classes, **{alias: cls for alias, cls in SCHEDULER_ALIASES.items() if cls in allowed}}

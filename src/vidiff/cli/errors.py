@@ -1,0 +1,15 @@
+"""The two kinds of failure the command line reports, with their exit statuses."""
+
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """The command line asks for something invalid (exit status 2); nothing was loaded or written."""
+
+    exit_status = 2
+
+
+class RunError(Exception):
+    """A valid request failed while running: loading, generating or writing (exit status 1)."""
+
+    exit_status = 1

@@ -1,0 +1,128 @@
+"""The argparse parser of ``vidiff``: one subcommand per pipeline, plus ``demo``.
+
+Only flags the user typed end up in the parsed namespace (``argument_default=SUPPRESS``), so a
+``--from-json`` sidecar can supply the rest; the defaults shown by ``--help`` are the pipelines'.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from .. import __version__
+from .commands import ANIMATEDIFF_EXPORT_FPS, COMMANDS, Command, positive_float, scheduler_choices
+from .errors import UsageError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error raises :class:`UsageError` (one line, exit 2) instead of printing
+    the usage block and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# What a pipeline's ``None`` default means, per argument.
+NONE_MEANS = {"decode_chunk_size": "all frames at once", "clip_skip": "the last layer", "negative_prompt": "none"}
+
+
+def _describe_default(command: Command, param: str) -> str:
+    value = command.default(param)
+    if value is None:
+        return NONE_MEANS.get(param, "from the model")
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _add_pipeline_flags(sub: argparse.ArgumentParser, command: Command) -> None:
+    if command.takes_image:
+        sub.add_argument("image", nargs="?", metavar="IMAGE", help="the picture the video starts from (file path or URL)")
+    if command.takes_prompt:
+        sub.add_argument("prompt", nargs="?", metavar="PROMPT", help="what the video shows (quote it)")
+    group = sub.add_argument_group("generation (defaults are the pipeline's)")
+    for flag in command.flags:
+        metavar = "TEXT" if flag.parse is str else "N"
+        group.add_argument(
+            flag.option, dest=flag.param, type=flag.parse, metavar=metavar,
+            help=f"{flag.help} (default: {_describe_default(command, flag.param)})",
+        )
+    if command.fps_param is None:
+        group.add_argument(
+            "--fps", dest="export_fps", type=positive_float, metavar="N",
+            help=f"frame rate of the written video (default: {ANIMATEDIFF_EXPORT_FPS})",
+        )
+
+
+def _add_model_flags(sub: argparse.ArgumentParser, command: Command) -> None:
+    group = sub.add_argument_group("model and hardware")
+    group.add_argument("--model", metavar="ID_OR_FOLDER", help=f"Hub id or local folder (default: {command.default_model})")
+    if command.default_motion_adapter:
+        group.add_argument(
+            "--motion-adapter", metavar="ID_OR_FOLDER",
+            help=f"MotionAdapter Hub id or folder (default: {command.default_motion_adapter}; "
+            "not needed when --model is a saved AnimateDiff pipeline)",
+        )
+    group.add_argument("--revision", metavar="REV", help="Hub branch, tag or commit (default: main)")
+    group.add_argument("--variant", metavar="NAME", help="weight variant: auto (fp16 files with --dtype fp16/bf16), none, or a name like fp16 (default: auto)")
+    group.add_argument("--offline", action="store_true", help="never download; use local folders and the Hugging Face cache only")
+    names = sorted(scheduler_choices(command))
+    group.add_argument("--scheduler", metavar="NAME", choices=names, help=f"sampler: {', '.join(names)} (default: the checkpoint's)")
+    group.add_argument(
+        "--scheduler-config", metavar="KEY=VALUE", action="append", dest="scheduler_config",
+        help="scheduler option override, repeatable (e.g. timestep_spacing=trailing); VALUE is read as JSON when it parses",
+    )
+    group.add_argument("--device", choices=DEVICES, help="auto picks cuda, then mps, then cpu (default: auto)")
+    group.add_argument("--dtype", choices=DTYPES, help="auto: fp16 on CUDA, fp32 elsewhere (default: auto)")
+
+
+def _add_run_flags(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("seed and output")
+    seeds = group.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, metavar="N", help="numpy PCG64 seed: the same video on any device (default: random, recorded)")
+    seeds.add_argument("--torch-seed", type=int, metavar="N", help="CPU torch.Generator seed: diffusers-compatible draws")
+    group.add_argument(
+        "-o", "--output", action="append", metavar="PATH",
+        help="a .mp4, a .gif, or a folder (no extension) for numbered PNG frames; repeat for several "
+        "formats; several videos get numbered names (default: <command>-<seed>.mp4)",
+    )
+    group.add_argument("--overwrite", action="store_true", help="replace existing outputs (otherwise an existing output is an error)")
+    group.add_argument("--from-json", metavar="FILE", help="repeat the run a sidecar .json describes; flags given here override it")
+
+
+def add_common_flags(sub: argparse.ArgumentParser) -> None:
+    """Flags of every subcommand: verbosity and error detail."""
+    group = sub.add_argument_group("messages")
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only warnings and errors")
+    group.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
+    group.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="vidiff",
+        description="Text- and image-to-video diffusion: Stable Video Diffusion, I2VGen-XL, AnimateDiff.",
+        epilog="Try `vidiff demo` (tiny random weights, no download), then e.g. `vidiff svd rocket.png -o rocket.mp4`.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--version", action="version", version=f"vidiff {__version__}")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for command in COMMANDS.values():
+        sub = subcommands.add_parser(
+            command.name, help=command.summary, description=command.summary, argument_default=argparse.SUPPRESS,
+        )
+        _add_pipeline_flags(sub, command)
+        _add_model_flags(sub, command)
+        _add_run_flags(sub)
+        add_common_flags(sub)
+    demo = subcommands.add_parser(
+        "demo", help="make one video per pipeline with tiny random weights (no GPU, no download)",
+        description="Build tiny random checkpoints (once, under $VIDIFF_HOME or ~/.cache/vidiff), load them "
+        "like real ones and write an mp4 and a gif per pipeline. The weights are random: the videos are noise.",
+        argument_default=argparse.SUPPRESS,
+    )
+    demo.add_argument("--output-dir", metavar="FOLDER", help="where the videos go (default: ./vidiff-demo)")
+    demo.add_argument("--overwrite", action="store_true", help="replace videos left by an earlier demo")
+    add_common_flags(demo)
+    return parser

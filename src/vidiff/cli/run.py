@@ -1,0 +1,152 @@
+"""One pipeline run from the command line: check → load → generate → write videos and sidecars."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import logging
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__, loading
+from ..models.motion_adapter import MotionAdapter
+from . import outputs, settings as run_settings
+from .commands import ANIMATEDIFF_EXPORT_FPS, Command, scheduler_choices
+from .errors import RunError, UsageError
+
+logger = logging.getLogger("vidiff.cli")
+
+
+def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list[Path]:
+    """Make the videos ``explicit`` (the typed flags) asks for; return the written paths."""
+    settings = run_settings.merge(command, explicit)
+    image = run_settings.read_image(command, settings) if command.takes_image else None
+    prompt = run_settings.read_prompt(command, settings) if command.takes_prompt else None
+    overrides = run_settings.scheduler_overrides(command, settings)
+    seed = run_settings.pick_seed(settings)
+    videos = settings.get("num_videos_per_prompt") or command.default("num_videos_per_prompt")
+    targets = outputs.plan_outputs(
+        settings.get("output") or [f"{command.name}-{seed.value}.mp4"], videos, settings.get("overwrite", False)
+    )
+    device = run_settings.pick_device(settings["device"])
+    dtype = run_settings.pick_dtype(settings["dtype"], device)
+    variant = run_settings.pick_variant(settings["variant"], dtype)
+    logger.info("device %s, dtype %s%s", device, str(dtype).removeprefix("torch."), f", {variant} weights" if variant else "")
+
+    pipe = _load(command, settings, dtype, variant, device)
+    if settings.get("scheduler") or overrides:
+        cls = scheduler_choices(command)[settings["scheduler"]] if settings.get("scheduler") else type(pipe.scheduler)
+        try:
+            pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"--scheduler {cls.__name__}: {error}") from None
+    pipe.set_progress_bar_config(disable=not show_progress)
+
+    call = {flag.param: settings[flag.param] for flag in command.flags if settings.get(flag.param) is not None}
+    if image is not None:
+        call["image"] = image
+    if prompt is not None:
+        call["prompt"] = prompt
+    logger.info("generating %d video(s) with %s, seed %d (%s)", videos, type(pipe.scheduler).__name__, seed.value, seed.kind)
+    try:
+        frames = pipe(**call, generator=seed.generator(), output_type="np").frames  # [B, F, H, W, 3]
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from error
+    fps = _export_fps(command, settings)
+    record = _record(command, settings, seed, device, dtype, variant, pipe, fps)
+    for target in targets:
+        outputs.write_video(target, frames[target.video_index], fps)
+        outputs.write_sidecar(target, {**record, "output": {
+            "path": str(target.path.absolute()), "format": target.kind, "video_index": target.video_index,
+            "videos": videos, "fps": fps,
+        }})
+        logger.info("wrote %s", target.path)
+    return [target.path for target in targets]
+
+
+def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, variant: str | None, device: torch.device):
+    model, offline = settings["model"], settings.get("offline") or None
+    source = dict(revision=settings.get("revision"), local_files_only=offline)
+    try:
+        extra = {}
+        if command.default_motion_adapter and not _holds_motion_modules(model, source):
+            adapter = settings["motion_adapter"]
+            logger.info("loading the motion adapter from %s", adapter)
+            extra["motion_adapter"] = MotionAdapter.from_pretrained(adapter, dtype=dtype, variant=variant, local_files_only=offline)
+        logger.info("loading %s from %s", command.pipeline.__name__, model)
+        pipe = command.pipeline.from_pretrained(model, dtype=dtype, variant=variant, **source, **extra)
+        return pipe.to(device)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise RunError(f"cannot load --model {model!r}: {error}") from error
+
+
+def _holds_motion_modules(model: str, source: dict[str, Any]) -> bool:
+    """Whether ``model`` is a saved AnimateDiff pipeline (its unet already has the motion modules)."""
+    index = loading.Checkpoint.open(model, **source).read_json("model_index.json")
+    return (index.get("unet") or [None, None])[1] == "UNetMotionModel"
+
+
+def _export_fps(command: Command, settings: dict[str, Any]) -> float:
+    if command.fps_param is None:
+        return settings.get("export_fps") or ANIMATEDIFF_EXPORT_FPS
+    return settings.get(command.fps_param) or command.default(command.fps_param)
+
+
+def _record(command, settings, seed, device, dtype, variant, pipe, fps) -> dict[str, Any]:
+    """What the sidecar says: every setting (pipeline defaults filled in), the seed, where the model
+    came from, and the versions that made the video."""
+    arguments = {k: v for k, v in settings.items() if k not in run_settings.NOT_RECORDED + ("seed", "torch_seed")}
+    for flag in command.flags:
+        arguments.setdefault(flag.param, command.default(flag.param))
+    arguments["scheduler_config"] = run_settings.scheduler_overrides(command, settings)
+    for key in ("model", "motion_adapter", "image"):
+        value = arguments.get(key)
+        if isinstance(value, str) and Path(value).expanduser().exists():
+            arguments[key] = str(Path(value).expanduser().resolve())  # reproducible from any folder
+    if command.fps_param is None:
+        arguments["export_fps"] = fps
+    record = {
+        "command": command.name,
+        "arguments": arguments,
+        "seed": {"kind": seed.kind, "value": seed.value},
+        "resolved": {
+            "device": str(device), "dtype": str(dtype).removeprefix("torch."), "variant": variant,
+            "scheduler": type(pipe.scheduler).__name__, "model_commit": _hub_commit(settings),
+        },
+        "versions": _versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if command.takes_image and Path(str(arguments["image"])).is_file():
+        record["resolved"]["image_sha256"] = hashlib.sha256(Path(arguments["image"]).read_bytes()).hexdigest()
+    return record
+
+
+def _hub_commit(settings: dict[str, Any]) -> str | None:
+    """The Hub commit the model files came from (None for local folders)."""
+    model = settings["model"]
+    if Path(model).expanduser().exists():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "model_index.json", revision=settings.get("revision"))
+    except Exception:  # noqa: BLE001 - provenance is best effort, never a reason to fail a finished run
+        return None
+    parts = Path(cached).parts if isinstance(cached, str) else ()
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+
+
+def _versions() -> dict[str, str]:
+    versions = {"vidiff": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for package in ("numpy", "transformers", "huggingface_hub", "av", "Pillow"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    versions["platform"] = f"{platform.system()} {platform.machine()} ({sys.platform})"
+    return versions
