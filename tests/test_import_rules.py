@@ -1,6 +1,6 @@
 """The architecture's import rules, checked by parsing vidiff's sources.
 
-layers ← models ← pipelines; diffusion/ uses only the leaf modules; nothing imports diffusers, and
+layers ← models ← pipelines ← cli; diffusion/ uses only the leaf modules; nothing imports diffusers, and
 transformers only in ``vidiff/tokenizer.py`` (tokenization is delegated to it, never model code).
 """
 
@@ -21,6 +21,8 @@ ALLOWED = {
     "models": {"layers", "models"},
     "diffusion": {"diffusion"},
     "pipelines": {"diffusion", "models", "pipelines"},
+    # The command line sits on top: it may use everything, and nothing may import it.
+    "cli": {"cli", "pipelines", "models", "diffusion", "demo_checkpoints"},
 }
 
 
@@ -65,6 +67,8 @@ def test_imports_point_one_way(path):
         assert imported <= ALLOWED[part], f"{path.name} ({part}) imports {sorted(imported - ALLOWED[part])}"
     elif path.stem in LEAVES:
         assert not imported, f"leaf module {path.name} imports {sorted(imported)}"
+    if part not in ("cli", "__main__.py"):  # `python -m vidiff` runs the command line
+        assert "cli" not in imported, f"{path.name} imports the command line"
     forbidden = {"diffusers"} if path == TRANSFORMERS_IMPORTER else {"diffusers", "transformers"}
     assert not (forbidden & _third_party(path)), f"{path.name} imports {sorted(forbidden & _third_party(path))}"
 

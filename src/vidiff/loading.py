@@ -165,7 +165,7 @@ class Checkpoint:
         name = os.fspath(name_or_path)
         path = Path(name).expanduser()
         if path.is_dir():
-            logger.info("%s: a local folder", name)
+            logger.debug("%s: a local folder", name)
             return cls(name, _FolderFiles(path))
         if path.exists():
             raise FileNotFoundError(f"{name} is a file; expected a checkpoint folder ({_LAYOUT_HINT}) or a Hub repo id")

@@ -14,11 +14,12 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
-
-import transformers
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import loading
+
+if TYPE_CHECKING:  # imported on first use: `import vidiff` (and the CLI) start faster without it
+    import transformers
 
 # Files of a ``tokenizer`` folder that configure the tokenizer (besides the vocabulary itself).
 SETTINGS_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -55,6 +56,8 @@ class CLIPTokenizer:
     library: ClassVar[str] = "transformers"
 
     def __init__(self, tokenizer: transformers.PreTrainedTokenizerBase) -> None:
+        import transformers
+
         if not isinstance(tokenizer, transformers.PreTrainedTokenizerBase):
             raise TypeError(
                 f"tokenizer must be a transformers tokenizer such as transformers.CLIPTokenizer, "
@@ -89,6 +92,8 @@ class CLIPTokenizer:
         Only the tokenizer files that exist are fetched (see :func:`_files_to_fetch`); they are
         gathered in a private folder so transformers reads exactly those and never the network.
         """
+        import transformers
+
         relpaths = _files_to_fetch(checkpoint, subfolder)
         local = [checkpoint.local_path(relpath) for relpath in relpaths]
         with tempfile.TemporaryDirectory(prefix="vidiff-tokenizer-") as folder:

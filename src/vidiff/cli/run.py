@@ -34,11 +34,12 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
         settings.get("output") or [f"{command.name}-{seed.value}.mp4"], videos, settings.get("overwrite", False)
     )
     device = run_settings.pick_device(settings["device"])
+    needs_adapter = _check_model(command, settings)
     dtype = run_settings.pick_dtype(settings["dtype"], device)
     variant = run_settings.pick_variant(settings["variant"], dtype)
     logger.info("device %s, dtype %s%s", device, str(dtype).removeprefix("torch."), f", {variant} weights" if variant else "")
 
-    pipe = _load(command, settings, dtype, variant, device)
+    pipe = _load(command, settings, dtype, variant, device, needs_adapter)
     if settings.get("scheduler") or overrides:
         cls = scheduler_choices(command)[settings["scheduler"]] if settings.get("scheduler") else type(pipe.scheduler)
         try:
@@ -69,12 +70,27 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     return [target.path for target in targets]
 
 
-def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, variant: str | None, device: torch.device):
+def _check_model(command: Command, settings: dict[str, Any]) -> bool:
+    """Open the checkpoint (a folder, the cache or the Hub) and read its model_index.json before any
+    weights load, so a wrong ``--model`` fails fast. Returns whether a motion adapter must be loaded:
+    a Stable Diffusion checkpoint needs one, a saved AnimateDiff pipeline already holds its modules."""
+    model = settings["model"]
+    try:
+        checkpoint = loading.Checkpoint.open(model, revision=settings.get("revision"), local_files_only=settings.get("offline") or None)
+        index = checkpoint.read_json("model_index.json")
+    except FileNotFoundError as error:
+        raise RunError(f"--model {model!r} is not a usable checkpoint: {error}") from None
+    except (OSError, ValueError) as error:
+        raise RunError(f"--model {model!r} cannot be read: {error}") from None
+    return bool(command.default_motion_adapter) and (index.get("unet") or [None, None])[1] != "UNetMotionModel"
+
+
+def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, variant: str | None, device: torch.device, needs_adapter: bool):
     model, offline = settings["model"], settings.get("offline") or None
     source = dict(revision=settings.get("revision"), local_files_only=offline)
     try:
         extra = {}
-        if command.default_motion_adapter and not _holds_motion_modules(model, source):
+        if needs_adapter:
             adapter = settings["motion_adapter"]
             logger.info("loading the motion adapter from %s", adapter)
             extra["motion_adapter"] = MotionAdapter.from_pretrained(adapter, dtype=dtype, variant=variant, local_files_only=offline)
@@ -83,12 +99,6 @@ def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, varian
         return pipe.to(device)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise RunError(f"cannot load --model {model!r}: {error}") from error
-
-
-def _holds_motion_modules(model: str, source: dict[str, Any]) -> bool:
-    """Whether ``model`` is a saved AnimateDiff pipeline (its unet already has the motion modules)."""
-    index = loading.Checkpoint.open(model, **source).read_json("model_index.json")
-    return (index.get("unet") or [None, None])[1] == "UNetMotionModel"
 
 
 def _export_fps(command: Command, settings: dict[str, Any]) -> float:
