@@ -231,3 +231,26 @@ def test_ctrl_c_leaves_no_partial_output(tiny_svd, work):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "interrupted" in stderr
     assert sorted(p.name for p in work.iterdir()) == ["img.png"]
+
+
+# ------------------------------------------------------------------------------------------ demo
+def test_demo_writes_an_mp4_and_a_gif_per_pipeline(tmp_path):
+    from vidiff.demo_checkpoints import DEMO_CALLS
+
+    env = {"VIDIFF_HOME": str(tmp_path / "home")}
+    result = ok(vidiff("demo", cwd=tmp_path, env=env))
+    assert "RANDOM" in result.stderr and "vidiff svd rocket.png" in result.stderr  # says so, shows the real use
+    folder = tmp_path / "vidiff-demo"
+    for name, call in DEMO_CALLS.items():
+        frames, _ = read_mp4(folder / f"{name}.mp4")
+        assert frames.shape == (call["num_frames"], call["height"], call["width"], 3)
+        assert read_gif(folder / f"{name}.gif").shape == frames.shape
+        assert frames.std() > 1.0  # noise, but not a blank video
+    assert (tmp_path / "home" / "demo-checkpoints").is_dir()
+    # A second demo refuses to replace the videos unless asked, and reuses the checkpoints.
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = vidiff("demo", cwd=tmp_path, env=env)
+    assert again.returncode == 2 and "--overwrite" in again.stderr.splitlines()[-1]
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    replaced = ok(vidiff("demo", "--overwrite", "-q", cwd=tmp_path, env=env))
+    assert "building" not in replaced.stderr and "RANDOM" in replaced.stderr

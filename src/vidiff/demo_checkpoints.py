@@ -136,7 +136,7 @@ ANIMATEDIFF_SCHEDULER = dict(
 
 # ----------------------------------------------------------------------------- demo calls
 # Pipeline keyword arguments for a fast demo run (besides image/prompt/generator/output_type):
-# 8 frames of 96 × 64 pixels (latents 12 × 8), 4 denoising steps.
+# 8 frames of 96 × 64 pixels (latents 12 × 8), 4 denoising steps. Copy before changing.
 DEMO_CALLS: dict[str, dict] = {
     "svd": dict(height=64, width=96, num_frames=8, num_inference_steps=4, fps=7, decode_chunk_size=8),
     "i2vgen-xl": dict(height=64, width=96, num_frames=8, num_inference_steps=4, target_fps=8, decode_chunk_size=8),
@@ -177,7 +177,7 @@ class DemoCheckpoints:
         return cls(svd=root / "svd", i2vgen_xl=root / "i2vgen-xl", sd15=root / "sd15", motion_adapter=root / "motion-adapter")
 
 
-def ensure_demo_checkpoints(home: Path | None = None) -> DemoCheckpoints:
+def ensure_demo_checkpoints(home: str | os.PathLike | None = None) -> DemoCheckpoints:
     """The demo checkpoints under ``<home>/demo-checkpoints/<vidiff version>/``, built first if needed.
 
     ``home`` defaults to :func:`demo_home`. A finished build is reused as it is (a few milliseconds);
@@ -199,7 +199,7 @@ def ensure_demo_checkpoints(home: Path | None = None) -> DemoCheckpoints:
     building = Path(tempfile.mkdtemp(prefix=f".{__version__}.building-", dir=parent))
     building.chmod(0o755)  # mkdtemp makes it private; the published cache is an ordinary folder
     try:
-        logger.info("building tiny random demo checkpoints in %s", final)
+        logger.info("building tiny random demo checkpoints (SVD, I2VGen-XL, SD 1.5 + motion adapter) in %s", final)
         started = time.perf_counter()
         build_demo_checkpoints(building)
         _publish(building, final)
@@ -239,9 +239,10 @@ def _discard(folder: Path, parent: Path) -> None:
 
 
 def _remove_stale_builds(parent: Path) -> None:
-    """Delete temporary folders of builds that died long ago (a live build takes seconds)."""
+    """Delete temporary folders (builds, discarded copies) of processes that died long ago; a live
+    build takes seconds, so an old one is not still being written."""
     now = time.time()
-    for leftover in parent.glob(".*.building-*"):
+    for leftover in [*parent.glob(".*.building-*"), *parent.glob(".*.stale-*")]:
         try:
             if now - leftover.stat().st_mtime > STALE_BUILD_AGE:
                 shutil.rmtree(leftover, ignore_errors=True)
