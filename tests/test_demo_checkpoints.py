@@ -39,30 +39,27 @@ def checkpoints(home) -> demo.DemoCheckpoints:
     return demo.ensure_demo_checkpoints(home)
 
 
-def _vidiff_pipeline(checkpoints: demo.DemoCheckpoints, name: str):
+def _pipeline(library, checkpoints: demo.DemoCheckpoints, name: str):
+    """``name``'s demo pipeline loaded by ``library`` (the vidiff or diffusers module: same class names)."""
     if name == "svd":
-        pipe = vidiff.StableVideoDiffusionPipeline.from_pretrained(checkpoints.svd)
+        pipe = library.StableVideoDiffusionPipeline.from_pretrained(checkpoints.svd)
     elif name == "i2vgen-xl":
-        pipe = vidiff.I2VGenXLPipeline.from_pretrained(checkpoints.i2vgen_xl)
+        pipe = library.I2VGenXLPipeline.from_pretrained(checkpoints.i2vgen_xl)
     else:
-        adapter = vidiff.MotionAdapter.from_pretrained(checkpoints.motion_adapter)
-        pipe = vidiff.AnimateDiffPipeline.from_pretrained(checkpoints.sd15, motion_adapter=adapter)
+        adapter = library.MotionAdapter.from_pretrained(checkpoints.motion_adapter)
+        pipe = library.AnimateDiffPipeline.from_pretrained(checkpoints.sd15, motion_adapter=adapter)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _vidiff_pipeline(checkpoints: demo.DemoCheckpoints, name: str):
+    return _pipeline(vidiff, checkpoints, name)
 
 
 def _diffusers_pipeline(checkpoints: demo.DemoCheckpoints, name: str):
     import diffusers
 
-    if name == "svd":
-        pipe = diffusers.StableVideoDiffusionPipeline.from_pretrained(checkpoints.svd)
-    elif name == "i2vgen-xl":
-        pipe = diffusers.I2VGenXLPipeline.from_pretrained(checkpoints.i2vgen_xl)
-    else:
-        adapter = diffusers.MotionAdapter.from_pretrained(checkpoints.motion_adapter)
-        pipe = diffusers.AnimateDiffPipeline.from_pretrained(checkpoints.sd15, motion_adapter=adapter)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _pipeline(diffusers, checkpoints, name)
 
 
 def _inputs(name: str) -> dict:
