@@ -254,3 +254,20 @@ def test_demo_writes_an_mp4_and_a_gif_per_pipeline(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
     replaced = ok(vidiff("demo", "--overwrite", "-q", cwd=tmp_path, env=env))
     assert "building" not in replaced.stderr and "RANDOM" in replaced.stderr
+
+
+def test_hub_id_from_the_offline_cache_is_recorded_with_its_commit(tiny_svd, work):
+    """A Hub id whose snapshot is in the Hugging Face cache loads offline; the log says it came from
+    the cache, and the sidecar records the snapshot's commit."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = work / "hf-home" / "hub" / "models--someone--tiny-svd"
+    shutil.copytree(tiny_svd[0], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    result = ok(vidiff("svd", "img.png", "--model", "someone/tiny-svd", *SMALL, "-o", "a.gif", cwd=work,
+                       env={"HF_HOME": str(work / "hf-home")}))
+    assert "cached snapshot" in result.stderr
+    record = json.loads((work / "a.gif.json").read_text())
+    assert record["arguments"]["model"] == "someone/tiny-svd" and record["resolved"]["model_commit"] == commit
