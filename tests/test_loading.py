@@ -505,3 +505,20 @@ def test_offline_flag_read_at_import_is_enough(tmp_path, monkeypatch):
     state = tiny_state()
     fake_hub_cache(tmp_path / "cache", "org/name", state)
     assert_same(Checkpoint.open("org/name", cache_dir=tmp_path / "cache").load_state_dict("unet"), state)
+
+
+def test_saved_weights_get_the_usual_file_permissions(tmp_path):
+    """safetensors creates owner-only files; saved checkpoints must be readable like any file."""
+    import os
+    import stat
+
+    from vidiff import AutoencoderKL
+
+    mask = os.umask(0o022)
+    try:
+        AutoencoderKL.from_config({"block_out_channels": [8], "norm_num_groups": 4, "latent_channels": 4,
+                                   "down_block_types": ["DownEncoderBlock2D"], "up_block_types": ["UpDecoderBlock2D"]}).save_pretrained(tmp_path)
+    finally:
+        os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"config.json": 0o644, "diffusion_pytorch_model.safetensors": 0o644}

@@ -156,9 +156,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(temp)
+        # Some writers (safetensors) create owner-only files; give the file the permissions a plain
+        # open() would, so a shared checkpoint folder or cache stays readable by its group and others.
+        os.chmod(temp, 0o666 & ~_current_umask())
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
