@@ -271,3 +271,10 @@ def test_hub_id_from_the_offline_cache_is_recorded_with_its_commit(tiny_svd, wor
     assert "cached snapshot" in result.stderr
     record = json.loads((work / "a.gif.json").read_text())
     assert record["arguments"]["model"] == "someone/tiny-svd" and record["resolved"]["model_commit"] == commit
+
+
+def test_from_json_warns_when_the_image_changed(tiny_svd, work):
+    ok(vidiff("svd", "img.png", "--model", tiny_svd[0], *SMALL, "-o", "a.gif", cwd=work))
+    random_image(80, 56, seed=9).save(work / "img.png")
+    result = ok(vidiff("svd", "--from-json", "a.gif.json", "-o", "b.gif", cwd=work))
+    assert "is not the file the recorded run used" in result.stderr

@@ -10,7 +10,15 @@ import argparse
 from typing import NoReturn
 
 from .. import __version__
-from .commands import ANIMATEDIFF_EXPORT_FPS, COMMANDS, Command, positive_float, scheduler_choices
+from .commands import (
+    ANIMATEDIFF_EXPORT_FPS,
+    COMMANDS,
+    Command,
+    non_negative_float,
+    positive_float,
+    scheduler_choices,
+    unit_interval,
+)
 from .errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -43,14 +51,14 @@ def _add_pipeline_flags(sub: argparse.ArgumentParser, command: Command) -> None:
         sub.add_argument("prompt", nargs="?", metavar="PROMPT", help="what the video shows (quote it)")
     group = sub.add_argument_group("generation (defaults are the pipeline's)")
     for flag in command.flags:
-        metavar = "TEXT" if flag.parse is str else "N"
+        metavar = "TEXT" if flag.parse is str else "X" if flag.parse in (non_negative_float, unit_interval) else "N"
         group.add_argument(
             flag.option, dest=flag.param, type=flag.parse, metavar=metavar,
             help=f"{flag.help} (default: {_describe_default(command, flag.param)})",
         )
     if command.fps_param is None:
         group.add_argument(
-            "--fps", dest="export_fps", type=positive_float, metavar="N",
+            "--fps", dest="export_fps", type=positive_float, metavar="X",
             help=f"frame rate of the written video (default: {ANIMATEDIFF_EXPORT_FPS})",
         )
 

@@ -24,8 +24,10 @@ logger = logging.getLogger("vidiff.cli")
 
 def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list[Path]:
     """Make the videos ``explicit`` (the typed flags) asks for; return the written paths."""
-    settings = run_settings.merge(command, explicit)
+    settings, recorded = run_settings.merge(command, explicit)
     image = run_settings.read_image(command, settings) if command.takes_image else None
+    if recorded is not None and command.takes_image:
+        _warn_if_image_changed(settings["image"], recorded)
     prompt = run_settings.read_prompt(command, settings) if command.takes_prompt else None
     overrides = run_settings.scheduler_overrides(command, settings)
     seed = run_settings.pick_seed(settings)
@@ -68,6 +70,13 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
         }})
         logger.info("wrote %s", target.path)
     return [target.path for target in targets]
+
+
+def _warn_if_image_changed(image: str, recorded: dict[str, Any]) -> None:
+    expected = recorded.get("resolved", {}).get("image_sha256")
+    path = Path(image).expanduser()
+    if expected and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        logger.warning("IMAGE %s is not the file the recorded run used (its SHA-256 differs): the video will differ", image)
 
 
 def _check_model(command: Command, settings: dict[str, Any]) -> bool:

@@ -55,27 +55,31 @@ def defaults(command: Command) -> dict[str, Any]:
 
 
 def read_sidecar(path: str, command: Command) -> dict[str, Any]:
-    """The ``arguments`` and ``seed`` a sidecar recorded, as settings."""
+    """A sidecar's whole record, checked to be one of ``command``'s."""
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
-        recorded_command, arguments, seed = record["command"], dict(record["arguments"]), record["seed"]
+        recorded_command, _, seed = record["command"], dict(record["arguments"]), record["seed"]
+        Seed(seed["kind"], int(seed["value"]))
     except FileNotFoundError:
         raise UsageError(f"--from-json {path!r} does not exist") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UsageError(f"--from-json {path!r} is not a vidiff sidecar ({type(error).__name__}: {error})") from None
     if recorded_command != command.name:
         raise UsageError(f"--from-json {path!r} records a `vidiff {recorded_command}` run; run it with `vidiff {recorded_command} --from-json ...`")
-    arguments["seed" if seed["kind"] == "numpy" else "torch_seed"] = seed["value"]
-    return arguments
+    return record
 
 
-def merge(command: Command, explicit: dict[str, Any]) -> dict[str, Any]:
-    """defaults ← sidecar (``--from-json``) ← the flags typed now."""
-    recorded = read_sidecar(explicit["from_json"], command) if "from_json" in explicit else {}
-    if "seed" in explicit or "torch_seed" in explicit:
-        recorded.pop("seed", None)
-        recorded.pop("torch_seed", None)
-    return {**defaults(command), **recorded, **explicit}
+def merge(command: Command, explicit: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Settings: defaults ← a ``--from-json`` sidecar's arguments and seed ← the flags typed now.
+    Also returns the sidecar's record (None without ``--from-json``)."""
+    record = read_sidecar(explicit["from_json"], command) if "from_json" in explicit else None
+    recorded = {}
+    if record is not None:
+        recorded = dict(record["arguments"])
+        if "seed" not in explicit and "torch_seed" not in explicit:
+            seed = record["seed"]
+            recorded["seed" if seed["kind"] == "numpy" else "torch_seed"] = seed["value"]
+    return {**defaults(command), **recorded, **explicit}, record
 
 
 def pick_seed(settings: dict[str, Any]) -> Seed:
