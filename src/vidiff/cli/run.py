@@ -61,7 +61,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
     fps = _export_fps(command, settings)
-    record = _record(command, settings, seed, device, dtype, variant, pipe, fps)
+    record = _record(command, settings, overrides, seed, device, dtype, variant, pipe, fps)
     for target in targets:
         outputs.write_video(target, frames[target.video_index], fps)
         outputs.write_sidecar(target, {**record, "output": {
@@ -116,13 +116,13 @@ def _export_fps(command: Command, settings: dict[str, Any]) -> float:
     return settings.get(command.fps_param) or command.default(command.fps_param)
 
 
-def _record(command, settings, seed, device, dtype, variant, pipe, fps) -> dict[str, Any]:
+def _record(command, settings, overrides, seed, device, dtype, variant, pipe, fps) -> dict[str, Any]:
     """What the sidecar says: every setting (pipeline defaults filled in), the seed, where the model
     came from, and the versions that made the video."""
     arguments = {k: v for k, v in settings.items() if k not in run_settings.NOT_RECORDED + ("seed", "torch_seed")}
     for flag in command.flags:
         arguments.setdefault(flag.param, command.default(flag.param))
-    arguments["scheduler_config"] = run_settings.scheduler_overrides(command, settings)
+    arguments["scheduler_config"] = overrides
     for key in ("model", "motion_adapter", "image"):
         value = arguments.get(key)
         if isinstance(value, str) and Path(value).expanduser().exists():

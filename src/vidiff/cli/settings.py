@@ -58,8 +58,9 @@ def read_sidecar(path: str, command: Command) -> dict[str, Any]:
     """A sidecar's whole record, checked to be one of ``command``'s."""
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
-        recorded_command, _, seed = record["command"], dict(record["arguments"]), record["seed"]
-        Seed(seed["kind"], int(seed["value"]))
+        recorded_command, seed = record["command"], record["seed"]
+        if not isinstance(record["arguments"], dict) or seed["kind"] not in ("numpy", "torch") or not isinstance(seed["value"], int):
+            raise ValueError("its arguments or seed are malformed")
     except FileNotFoundError:
         raise UsageError(f"--from-json {path!r} does not exist") from None
     except (OSError, ValueError, KeyError, TypeError) as error:

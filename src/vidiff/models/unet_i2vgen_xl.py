@@ -174,12 +174,28 @@ class I2VGenXLUNet(PretrainedModel):
             ``[B, out_channels, F, H, W]`` in the parameters' dtype.
         """
         self._check_inputs(sample, image_latents, image_embeddings, encoder_hidden_states)
+        num_frames = sample.shape[2]
+        context = self.encode_context(image_latents, image_embeddings, encoder_hidden_states, num_frames)
+        return self.denoise(sample, timestep, fps, context, self.encode_image_latents(image_latents))
+
+    def denoise(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        fps: torch.Tensor | float | int,
+        frame_context: torch.Tensor,
+        image_features: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`forward` with the conditioning already encoded, for a sampler that calls the UNet
+        many times with the same conditioning (the encodings depend on no timestep).
+
+        ``frame_context`` is :meth:`encode_context`'s ``[(B·F), L', D]``, ``image_features``
+        :meth:`encode_image_latents`'s ``[B, in_channels, F, H, W]``.
+        """
         batch, num_frames = sample.shape[0], sample.shape[2]
         dtype = self.conv_in.weight.dtype
         emb = self._embed_time_and_fps(timestep, fps, batch)  # [B, D]
-        context = self._context(image_latents.to(dtype), image_embeddings.to(dtype), encoder_hidden_states.to(dtype))
-        latents = self._encode_image_latents(image_latents.to(dtype))  # [B, in_channels, F, H, W]
-        images = video_to_images(torch.cat([sample.to(dtype), latents], dim=1))  # [(B·F), 2·in_channels, H, W]
+        images = video_to_images(torch.cat([sample.to(dtype), image_features], dim=1))  # [(B·F), 2·in_channels, H, W]
         hidden = self.transformer_in(self.conv_in(images), num_frames)  # [(B·F), C0, H, W]
         hidden = run_stages(
             self.down_blocks,
@@ -187,7 +203,7 @@ class I2VGenXLUNet(PretrainedModel):
             self.up_blocks,
             hidden,
             emb.repeat_interleave(num_frames, dim=0),  # [(B·F), D]
-            context.repeat_interleave(num_frames, dim=0),  # [(B·F), L', D_ctx]
+            frame_context,
             num_frames,
         )
         out = self.conv_out(F.silu(self.conv_norm_out(hidden)))  # [(B·F), C_out, H, W]
@@ -205,18 +221,25 @@ class I2VGenXLUNet(PretrainedModel):
         ]
         return self.time_embedding(features[0]) + self.fps_embedding(features[1])
 
-    def _context(
-        self, image_latents: torch.Tensor, image_embeddings: torch.Tensor, text_states: torch.Tensor
+    def encode_context(
+        self, image_latents: torch.Tensor, image_embeddings: torch.Tensor, text_states: torch.Tensor, num_frames: int
     ) -> torch.Tensor:
-        """``[B, L + 64 + in_channels, D]``: text states, first-frame latent tokens, image-embedding tokens."""
+        """The cross-attention context of every frame, ``[(B·F), L + 64 + in_channels, D]``: text
+        states, first-frame latent tokens and image-embedding tokens, repeated for the ``num_frames``
+        frames of each video. Inputs as in :meth:`forward`."""
+        dtype = self.conv_in.weight.dtype
+        image_latents, image_embeddings, text_states = (t.to(dtype) for t in (image_latents, image_embeddings, text_states))
         batch, cross = text_states.shape[0], self.config.cross_attention_dim
         first_frame = image_latents[:, :, 0]  # [B, 4, H, W]
         latent_tokens = images_to_tokens(self.image_latents_context_embedding(first_frame))  # [B, 64, D]
         image_tokens = self.context_embedding(image_embeddings).view(batch, self.config.in_channels, cross)
-        return torch.cat([text_states, latent_tokens, image_tokens], dim=1)
+        context = torch.cat([text_states, latent_tokens, image_tokens], dim=1)  # [B, L', D]
+        return context.repeat_interleave(num_frames, dim=0)
 
-    def _encode_image_latents(self, image_latents: torch.Tensor) -> torch.Tensor:
-        """``[B, 4, F, H, W]`` → ``[B, in_channels, F, H, W]``: per-frame convs, then attention across frames."""
+    def encode_image_latents(self, image_latents: torch.Tensor) -> torch.Tensor:
+        """``[B, 4, F, H, W]`` → ``[B, in_channels, F, H, W]``: per-frame convs, then attention across
+        frames; concatenated to the noisy sample along channels."""
+        image_latents = image_latents.to(self.conv_in.weight.dtype)
         num_frames, height, width = image_latents.shape[2:]
         features = self.image_latents_proj_in(video_to_images(image_latents))  # [(B·F), in_channels, H, W]
         sequences = video_to_frame_sequences(images_to_video(features, num_frames))  # [(B·H·W), F, in_channels]

@@ -142,21 +142,21 @@ class I2VGenXLPipeline(TextVideoPipeline):
             # one row per prompt or image → one row per video: [videos · num_videos_per_prompt, ...]
             return rows.expand(videos, *rows.shape[1:]).repeat_interleave(num_videos_per_prompt, dim=0)
 
-        fps = torch.full((batch_size,), float(target_fps), device=device)
+        # Everything the UNet derives from the conditioning alone is encoded once here, not every step.
+        latents_in = per_video(image_latents)  # [B, 4, F, h, w]
+        image_embeds = per_video(image_embeddings)  # [B, D]
         cond = {
-            "encoder_hidden_states": per_video(prompt_embeds),
-            "image_embeddings": per_video(image_embeddings),
-            "image_latents": per_video(image_latents),
-            "fps": fps,
+            "frame_context": self.unet.encode_context(latents_in, image_embeds, per_video(prompt_embeds), num_frames),
+            "image_features": self.unet.encode_image_latents(latents_in),
+            "fps": torch.full((batch_size,), float(target_fps), device=device),
         }
         uncond = None
         if guided:
             # The unconditional branch: negative prompt and a zero image embedding; same image latents and fps.
-            uncond = {
-                **cond,
-                "encoder_hidden_states": per_video(negative_prompt_embeds),
-                "image_embeddings": torch.zeros_like(cond["image_embeddings"]),
-            }
+            negative_context = self.unet.encode_context(
+                latents_in, torch.zeros_like(image_embeds), per_video(negative_prompt_embeds), num_frames
+            )
+            uncond = {**cond, "frame_context": negative_context}
 
         plan = self._plan(num_inference_steps, eta, device)
         dtype = prompt_embeds.dtype
@@ -177,10 +177,9 @@ class I2VGenXLPipeline(TextVideoPipeline):
 
     # ------------------------------------------------------------------ steps of __call__
     def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        # x: [B', C, F, h, w]; every other input is one row per video of the doubled batch.
-        return self.unet(
-            x, timestep, cond["fps"], cond["image_latents"], cond["image_embeddings"], cond["encoder_hidden_states"]
-        )
+        # x: [B', C, F, h, w]; fps and image features have one row per video of the (doubled) batch,
+        # the context one row per frame — video-major, so [uncond; cond] stacks line up with x.
+        return self.unet.denoise(x, timestep, cond["fps"], cond["frame_context"], cond["image_features"])
 
     def _encode_clip(self, pils: list[PIL.Image.Image], width: int, device: torch.device) -> torch.Tensor:
         """CLIP image embeddings [N, D] of the images' ``width × width`` centre crops.
