@@ -19,6 +19,8 @@ COMMON = [
     (dict(generator="seed"), TypeError, "generator"),
     (dict(output_type="gif"), ValueError, "output_type"),
     (dict(callback_on_step_end_tensor_inputs=["noise"]), ValueError, "callback_on_step_end_tensor_inputs"),
+    # NaN or infinity anywhere gives an all-NaN video: refused up front, naming the argument.
+    (dict(latents=torch.full((1, 4, 4, 4, 6), float("nan"))), ValueError, "latents"),
 ]
 
 # Pipelines with a prompt, classifier-free guidance and DDIM's eta (AnimateDiff, I2VGen-XL).
@@ -31,4 +33,24 @@ TEXT = [
     (dict(prompt=["a", "b"], negative_prompt=["c"]), ValueError, "negative_prompt"),
     (dict(generator=[torch.Generator()] * 3), ValueError, "generator"),
     (dict(latents=torch.zeros(1, 4, 3, 4, 6)), ValueError, "latents"),
+    (dict(guidance_scale=float("nan")), ValueError, "guidance_scale"),
+    (dict(guidance_scale=float("inf")), ValueError, "guidance_scale"),
+    (dict(eta=float("nan")), ValueError, "eta"),
+]
+
+# Stable Video Diffusion's numbers (the image is passed separately).
+SVD = [
+    (dict(fps=float("nan")), ValueError, "fps"),
+    (dict(fps="7"), TypeError, "fps"),
+    (dict(motion_bucket_id=float("inf")), ValueError, "motion_bucket_id"),
+    (dict(noise_aug_strength=float("nan")), ValueError, "noise_aug_strength"),
+    (dict(min_guidance_scale=float("nan")), ValueError, "min_guidance_scale"),
+    (dict(max_guidance_scale=float("inf")), ValueError, "max_guidance_scale"),
+    (dict(sigmas=[700.0, float("nan"), 0.1]), ValueError, "sigmas"),
+]
+
+# I2VGen-XL's frame rate.
+I2VGEN_XL = [
+    (dict(target_fps=float("nan")), ValueError, "target_fps"),
+    (dict(target_fps=float("inf")), ValueError, "target_fps"),
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -178,6 +179,10 @@ BAD = {
     "output extension unknown": (["svd", "img.png", "--model", MODEL, "-o", "clip.avi"], 2, "unknown extension '.avi'"),
     "output exists": (["svd", "img.png", "--model", MODEL, "-o", "existing.mp4"], 2, "already exists; pass --overwrite"),
     "from-json missing": (["svd", "--from-json", "nothing.json"], 2, "does not exist"),
+    "negative seed": (["svd", "img.png", "--seed", "-1", "--model", MODEL], 2, "--seed: expected an integer ≥ 0"),
+    "infinite guidance": (["svd", "img.png", "--max-guidance-scale", "inf", "--model", MODEL], 2, "expected a finite number ≥ 0, got inf"),
+    "height beyond any video": (["svd", "img.png", "--height", "80000", "--model", MODEL], 2, "at most 16384"),
+    "gif fps above 100": (["svd", "img.png", "--fps", "120", "--model", MODEL, "-o", "clip.gif"], 2, "a .gif holds at most 100"),
 }
 
 
@@ -240,6 +245,15 @@ def test_demo_writes_an_mp4_and_a_gif_per_pipeline(tmp_path):
     env = {"VIDIFF_HOME": str(tmp_path / "home")}
     result = ok(vidiff("demo", cwd=tmp_path, env=env))
     assert "RANDOM" in result.stderr and "vidiff svd rocket.png" in result.stderr  # says so, shows the real use
+    assert "vidiff: vidiff" not in result.stderr
+    # 3 mp4 + 3 gif + their 6 sidecars + input.png, as counted on disk
+    assert "wrote 13 files" in result.stderr and len(list((tmp_path / "vidiff-demo").iterdir())) == 13
+    # The exact command of the demo's SVD run, with the real checkpoint path under $VIDIFF_HOME: it runs.
+    command = next(line.strip() for line in result.stderr.splitlines() if line.strip().startswith("vidiff svd vidiff-demo"))
+    assert str(tmp_path / "home" / "demo-checkpoints") in command
+    ok(vidiff(*shlex.split(command)[1:], cwd=tmp_path, env=env))
+    assert read_mp4(tmp_path / "my.mp4")[0].shape == read_mp4(tmp_path / "vidiff-demo" / "svd.mp4")[0].shape
+    (tmp_path / "my.mp4").unlink(), (tmp_path / "my.mp4.json").unlink()
     folder = tmp_path / "vidiff-demo"
     for name, call in DEMO_CALLS.items():
         frames, _ = read_mp4(folder / f"{name}.mp4")

@@ -178,3 +178,44 @@ def test_losing_the_publish_race_keeps_the_winners_folder(tmp_path):
 def test_home_must_be_a_path():
     with pytest.raises(TypeError, match="home"):
         demo.ensure_demo_checkpoints(42)
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "flipped byte", "missing config", "old manifest"])
+def test_damaged_cache_is_detected_and_rebuilt(checkpoints, tmp_path, damage, caplog):
+    """A cache whose files were changed after the build (a disk error, a half-finished copy, an edit)
+    is rebuilt, not loaded and failed on every run."""
+    import json
+    import shutil
+
+    final = tmp_path / "demo-checkpoints" / vidiff.__version__
+    shutil.copytree(checkpoints.svd.parent, final)
+    weights = final / "svd" / "unet" / "diffusion_pytorch_model.safetensors"
+    if damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "flipped byte":
+        data = bytearray(weights.read_bytes())
+        data[-10] ^= 0xFF  # inside a tensor: the file still parses, its values are wrong
+        weights.write_bytes(bytes(data))
+    elif damage == "missing config":
+        (final / "svd" / "vae" / "config.json").unlink()
+    else:  # a manifest of the earlier format, which listed no files
+        manifest = json.loads((final / demo.MANIFEST).read_text())
+        del manifest["files"]
+        (final / demo.MANIFEST).write_text(json.dumps(manifest))
+    assert not demo._is_complete(final)
+    with caplog.at_level("WARNING", logger="vidiff"):
+        built = demo.ensure_demo_checkpoints(tmp_path)
+    assert "rebuilding" in caplog.text and str(final) in caplog.text
+    assert demo._is_complete(final)
+    assert weights.read_bytes() == (checkpoints.svd / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert vidiff.StableVideoDiffusionPipeline.from_pretrained(built.svd).unet is not None
+
+
+def test_a_cache_that_cannot_be_rebuilt_names_the_folder_to_delete(tmp_path, monkeypatch):
+    def fail(root):
+        raise PermissionError(13, "Permission denied", str(root))
+
+    monkeypatch.setattr(demo, "build_demo_checkpoints", fail)
+    with pytest.raises(OSError, match="delete that folder") as error:
+        demo.ensure_demo_checkpoints(tmp_path)
+    assert str(tmp_path / "demo-checkpoints" / vidiff.__version__) in str(error.value)

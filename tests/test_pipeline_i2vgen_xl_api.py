@@ -204,7 +204,7 @@ def test_loads_checkpoint_whose_processor_is_named_pil(tiny_i2vgen_xl, tmp_path)
 
 
 # -------------------------------------------------------------------------------------- bad input
-BAD_INPUTS = bad_inputs.COMMON + bad_inputs.TEXT + [
+BAD_INPUTS = bad_inputs.COMMON + bad_inputs.TEXT + bad_inputs.I2VGEN_XL + [
     (dict(image=None), ValueError, "image"),
     (dict(image="img.png"), TypeError, "image"),
     (dict(image=[]), ValueError, "image"),

@@ -105,7 +105,7 @@ def test_to_moves_every_component(tiny_svd):
         moved.to(3)
 
 
-BAD_INPUTS = bad_inputs.COMMON + [
+BAD_INPUTS = bad_inputs.COMMON + bad_inputs.SVD + [
     (dict(min_guidance_scale=-1.0), ValueError, "guidance"),
     (dict(min_guidance_scale=3.0, max_guidance_scale=2.0), ValueError, "min_guidance_scale"),
     (dict(generator=[torch.Generator()] * 3, num_videos_per_prompt=2), ValueError, "generator"),

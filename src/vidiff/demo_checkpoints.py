@@ -12,7 +12,8 @@ Layout of ``<home>/demo-checkpoints/<version>/``::
     i2vgen-xl/       I2VGenXLPipeline               (DDIM with I2VGen-XL's scheduler settings)
     sd15/            a Stable Diffusion 1.5 repository (DDIM with the AnimateDiff guide's settings)
     motion-adapter/  MotionAdapter for sd15
-    demo_checkpoints.json   written last: marks the folder complete
+    demo_checkpoints.json   written last: marks the folder complete and lists every file with
+                            its size and SHA-256, checked on each use (a damaged cache is rebuilt)
 
 A build writes into a temporary sibling folder and renames it into place at the end, so an
 interrupted build never leaves a folder that looks complete, and concurrent builders do not
@@ -191,11 +192,24 @@ def ensure_demo_checkpoints(home: str | os.PathLike | None = None) -> DemoCheckp
     if _is_complete(final):
         logger.info("using cached demo checkpoints at %s", final)
         return DemoCheckpoints.under(final)
-    parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(parent)
-    if final.exists() and not _is_complete(final):  # re-checked: another builder may just have finished
-        logger.warning("%s is incomplete or from another recipe; rebuilding it", final)
-        _discard(final, parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(parent)
+        problem = _damage(final) if final.exists() else "not built yet"
+        if problem is None:  # another builder just finished it
+            return DemoCheckpoints.under(final)
+        if final.exists():
+            logger.warning("the demo checkpoints at %s are unusable (%s); rebuilding them", final, problem)
+            _discard(final, parent)
+        return _build_and_publish(parent, final)
+    except OSError as error:
+        raise OSError(
+            f"cannot build the demo checkpoints in {final} ({error}); delete that folder, or set "
+            f"${HOME_ENV} to a writable folder, and run again"
+        ) from error
+
+
+def _build_and_publish(parent: Path, final: Path) -> DemoCheckpoints:
     building = Path(tempfile.mkdtemp(prefix=f".{__version__}.building-", dir=parent))
     building.chmod(0o755)  # mkdtemp makes it private; the published cache is an ordinary folder
     try:
@@ -210,12 +224,39 @@ def ensure_demo_checkpoints(home: str | os.PathLike | None = None) -> DemoCheckp
 
 
 def _is_complete(folder: Path) -> bool:
-    """True when ``folder`` holds a finished build of this version and recipe."""
+    """True when ``folder`` holds a finished, undamaged build of this version and recipe."""
+    return _damage(folder) is None
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with the build in ``folder`` (None: nothing): no or another recipe's manifest,
+    or a file missing, resized or changed since the build (its SHA-256; the files total ~2 MB, so
+    hashing them on every use costs milliseconds)."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return manifest.get("vidiff_version") == __version__ and manifest.get("recipe") == _recipe_fingerprint()
+        return f"no readable {MANIFEST}"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return f"{MANIFEST} lists no files"
+    if manifest.get("vidiff_version") != __version__ or manifest.get("recipe") != _recipe_fingerprint():
+        return "built by another vidiff version or recipe"
+    actual = _file_digests(folder)
+    for name, expected in manifest["files"].items():
+        if name not in actual:
+            return f"{name} is missing"
+        if actual[name] != expected:
+            return f"{name} was changed or damaged"
+    return None
+
+
+def _file_digests(folder: Path) -> dict[str, dict[str, object]]:
+    """``{relative path: {"size": bytes, "sha256": hex}}`` of every file under ``folder`` but the manifest."""
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            data = path.read_bytes()
+            digests[path.relative_to(folder).as_posix()] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return digests
 
 
 def _publish(building: Path, final: Path) -> None:
@@ -267,7 +308,7 @@ def build_demo_checkpoints(root: Path) -> DemoCheckpoints:
         _build_sd15(folders, jitter)
         _build_svd(folders.svd, jitter)
         _build_i2vgen_xl(folders.i2vgen_xl, tokenizer, jitter)
-    manifest = {"vidiff_version": __version__, "recipe": _recipe_fingerprint(), "seed": SEED}
+    manifest = {"vidiff_version": __version__, "recipe": _recipe_fingerprint(), "seed": SEED, "files": _file_digests(root)}
     loading.write_json(root / MANIFEST, manifest)
     return folders
 

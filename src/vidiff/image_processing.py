@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from . import loading
 from .config import Config
+from .image_loading import image_as_rgb
 
 # The mean/std of OpenAI's CLIP training images, per RGB channel.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -47,15 +48,17 @@ class CLIPImageProcessorConfig(Config):
     """Options of a transformers ``preprocessor_config.json``; defaults are OpenAI CLIP's (SVD's)."""
 
     do_resize: bool = True
-    size: dict = dataclasses.field(default_factory=lambda: {"shortest_edge": 224})
+    size: int | dict = dataclasses.field(  # an int: old configs' shortest edge
+        default_factory=lambda: {"shortest_edge": 224})
     resample: int = 3  # PIL.Image.Resampling: 3 = BICUBIC
     do_center_crop: bool = True
-    crop_size: dict = dataclasses.field(default_factory=lambda: {"height": 224, "width": 224})
+    crop_size: int | dict = dataclasses.field(  # an int: a square
+        default_factory=lambda: {"height": 224, "width": 224})
     do_rescale: bool = True
     rescale_factor: float = 1 / 255
     do_normalize: bool = True
-    image_mean: tuple = OPENAI_CLIP_MEAN
-    image_std: tuple = OPENAI_CLIP_STD
+    image_mean: float | tuple[float, ...] = OPENAI_CLIP_MEAN  # one number: every channel
+    image_std: float | tuple[float, ...] = OPENAI_CLIP_STD
     do_convert_rgb: bool = True
 
     def __post_init__(self) -> None:
@@ -79,7 +82,7 @@ def _to_chw_tensor(image: PIL.Image.Image | np.ndarray | torch.Tensor, convert_r
     """One image as a [C, H, W] tensor; PIL and numpy images are channels-last, tensors channels-first."""
     if isinstance(image, PIL.Image.Image):
         if convert_rgb and image.mode != "RGB":
-            image = image.convert("RGB")
+            image = image_as_rgb(image, "images")  # 16-bit and float modes scaled, not clipped
         image = np.array(image)  # a writable copy, [H, W, C] or [H, W]
     if isinstance(image, np.ndarray):
         array = image[:, :, None] if image.ndim == 2 else image

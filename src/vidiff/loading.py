@@ -30,10 +30,12 @@ from huggingface_hub.utils import (
 from torch import nn
 
 from . import weight_files
+from .config import RawConfig
 from .weight_files import save_component, write_json
 
 __all__ = [
     "Checkpoint",
+    "CheckpointNotCachedError",
     "CheckpointNotFoundError",
     "join",
     "load_state_dict_strict",
@@ -56,6 +58,18 @@ _LAYOUT_HINT = "a diffusers-layout checkpoint folder has model_index.json and on
 
 class CheckpointNotFoundError(FileNotFoundError):
     """A Hub checkpoint that can be neither downloaded nor found in the local cache."""
+
+
+class CheckpointNotCachedError(CheckpointNotFoundError):
+    """A Hub checkpoint that may not or could not be downloaded and is not in the local cache.
+
+    Carries the facts (``repo_id``, ``revision``, ``cache`` folder, ``offline_reason``) so that a
+    front end (the CLI) can word the advice in its own terms.
+    """
+
+    def __init__(self, message: str, *, repo_id: str, revision: str | None, cache: Path, offline_reason: str) -> None:
+        super().__init__(message)
+        self.repo_id, self.revision, self.cache, self.offline_reason = repo_id, revision, cache, offline_reason
 
 
 def pick_dtype(dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -> torch.dtype | None:
@@ -88,6 +102,9 @@ class _FolderFiles:
     def describe(self, subfolder: str | None) -> str:
         return str(self.root / join(subfolder, ""))
 
+    def describe_file(self, relpath: str) -> str:
+        return str(self.root / relpath)
+
     def names_in(self, subfolder: str | None) -> list[str]:
         folder = self.root / join(subfolder, "")
         return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
@@ -110,6 +127,9 @@ class _HubFiles:
 
     def describe(self, subfolder: str | None) -> str:
         return f"folder {subfolder!r} of {self.where}" if subfolder else self.where
+
+    def describe_file(self, relpath: str) -> str:
+        return f"{relpath} in {self.where}"
 
     def names_in(self, subfolder: str | None) -> list[str]:
         prefix = join(subfolder, "")
@@ -199,11 +219,12 @@ class Checkpoint:
         snapshot = _cached_snapshot(cache, repo_id, revision)
         wanted = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
         if snapshot is None:
-            raise CheckpointNotFoundError(
+            raise CheckpointNotCachedError(
                 f"Cannot open {wanted}: it is not a local folder and not in the local Hugging Face cache at "
                 f"{cache}, and downloads are off or failed: {offline_reason}. Run once with network access "
                 f"(or `hf download {repo_id}`) to fill the cache, point cache_dir / HF_HOME at a cache that "
-                "holds it, or pass a local checkpoint folder."
+                "holds it, or pass a local checkpoint folder.",
+                repo_id=repo_id, revision=revision, cache=cache, offline_reason=offline_reason,
             )
         logger.info("Using the cached snapshot %s of %s (%s).", snapshot, wanted, offline_reason)
         note = f" (a cached snapshot of {wanted}: only files downloaded earlier are there; {offline_reason})"
@@ -219,8 +240,9 @@ class Checkpoint:
             raise FileNotFoundError(f"{self._files.where} has no {relpath}{self._files.missing_note}")
         return self._files.path(relpath)
 
-    def read_json(self, relpath: str) -> dict[str, Any]:
-        """Parse a JSON object (``model_index.json``, ``unet/config.json``...)."""
+    def read_json(self, relpath: str) -> RawConfig:
+        """Parse a JSON object (``model_index.json``, ``unet/config.json``...); a dict that remembers
+        its file, so that a :class:`~vidiff.config.ConfigError` built from it names the file."""
         if not self._files.exists(relpath):
             raise FileNotFoundError(
                 f"{self._files.where} has no {relpath}; {_LAYOUT_HINT}{self._files.missing_note}"
@@ -232,14 +254,14 @@ class Checkpoint:
             raise ValueError(f"{relpath} in {self._files.where} is not valid JSON: {error}") from error
         if not isinstance(data, dict):
             raise ValueError(f"{relpath} in {self._files.where} holds a {type(data).__name__}, not a JSON object")
-        return data
+        return RawConfig(data, str(path))
 
-    def _weight_files(self, subfolder: str | None, variant: str | None, weights_name: str) -> list[str]:
+    def _weight_files(self, subfolder: str | None, variant: str | None, weights_name: str, warn: bool = True) -> list[str]:
         """Relative paths of the weight files to read for one component (shards through their index)."""
         weight_files.check_variant(variant)
         where = self._files.describe(subfolder)
         try:
-            chosen = weight_files.choose(self._files.names_in(subfolder), weights_name, variant, where)
+            chosen = weight_files.choose(self._files.names_in(subfolder), weights_name, variant, where, warn)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{error}{self._files.missing_note}") from None
         if not weight_files.is_index(chosen):
@@ -253,6 +275,15 @@ class Checkpoint:
                     f"{self._files.where} has no {shard}, named by {index_path}{self._files.missing_note}"
                 )
         return shards
+
+    def weights_source(
+        self, subfolder: str | None, *, variant: str | None = None, weights_name: str = "diffusion_pytorch_model"
+    ) -> str:
+        """Where a component's weights are, for messages: the weights file, or how many shards where."""
+        files = self._weight_files(subfolder, variant, weights_name, warn=False)  # warned when loading
+        if len(files) == 1:
+            return self._files.describe_file(files[0])
+        return f"the {len(files)} weight shards in {self._files.describe(subfolder)}"
 
     def fetch_component(
         self, subfolder: str | None, *, variant: str | None = None, weights_name: str = "diffusion_pytorch_model"
@@ -321,9 +352,10 @@ def _cached_snapshot(cache: Path, repo_id: str, revision: str | None) -> Path | 
     return snapshot if snapshot.is_dir() else None
 
 
-def _summary(keys: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys) - limit} more)" if len(keys) > limit else shown
+def _summary(keys: Sequence[str], limit: int = 5) -> str:
+    # A corrupt or foreign file can hold thousands of keys (or absurdly long ones): quote a few, count the rest.
+    shown = ", ".join(k if len(k) <= 120 else k[:119] + "…" for k in keys[:limit])
+    return f"{shown} … and {len(keys) - limit} more" if len(keys) > limit else shown
 
 
 def load_state_dict_strict(
@@ -333,11 +365,13 @@ def load_state_dict_strict(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     ignore_unexpected: Sequence[str] = (),
+    source: str | None = None,
 ) -> None:
     """Load ``state`` into a model built on the ``meta`` device; every key must match exactly.
 
     Missing keys, unexpected keys (except those matching a regex of ``ignore_unexpected``, searched
-    anywhere in the key) and shape mismatches are reported together in one ``ValueError``. Tensors are
+    anywhere in the key), shape mismatches and integer tensors where the model has floating-point
+    ones are reported together in one ``ValueError``, which names ``source`` (the weights file). Tensors are
     assigned, not copied, so no second copy of the weights is allocated; floating-point tensors are cast
     to ``dtype`` if given (integer buffers keep theirs) and everything goes to ``device`` (default CPU).
     """
@@ -349,13 +383,17 @@ def load_state_dict_strict(
     expected = model.state_dict()
     problems = _mismatches(type(model).__name__, expected, state, ignore_unexpected)
     if problems:
-        raise ValueError(problems)
+        raise ValueError(f"{source or 'The checkpoint'} does not match {problems}")
     placed = {}
     for key in expected:
         tensor = state[key]
         cast = dtype if dtype is not None and tensor.is_floating_point() else None
         placed[key] = tensor.to(device=target, dtype=cast)
-    model.load_state_dict(placed, strict=True, assign=True)
+    try:
+        model.load_state_dict(placed, strict=True, assign=True)
+    except RuntimeError as error:  # torch lists every parameter it refused: keep its first line only
+        first = str(error).strip().splitlines()[-1][:300]
+        raise ValueError(f"{source or 'The checkpoint'} cannot be loaded into {type(model).__name__}: {first}") from error
     left = [name for name, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
     if left:
         raise ValueError(
@@ -377,6 +415,13 @@ def _mismatches(
         for k in expected
         if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape
     )
+    # Integer weights cannot be assigned to floating-point parameters (nor cast: they are not weights).
+    not_floating = sorted(
+        k for k in expected
+        if k in state and isinstance(state[k], torch.Tensor)
+        and expected[k].is_floating_point() and not state[k].is_floating_point()
+    )
+    dtypes = ", ".join(sorted({str(state[k].dtype).removeprefix("torch.") for k in not_floating}))
     parts = [
         f"{label} ({len(keys)}): {_summary(keys)}"
         for label, keys in (
@@ -384,10 +429,11 @@ def _mismatches(
             ("unexpected keys", unexpected),
             ("wrongly shaped keys", shapes),
             ("values that are not tensors", not_tensors),
+            (f"weights stored as {dtypes}, expected floating point", not_floating),
         )
         if keys
     ]
     if not parts:
         return ""
-    return f"The checkpoint does not match {model_name}: " + "; ".join(parts)
+    return f"{model_name}: " + "; ".join(parts)
 

@@ -1,4 +1,4 @@
-"""Media IO, the only place vidiff reads or writes pictures: images in; mp4, gif and png out.
+"""Media IO: videos in; mp4, gif and png out (images are read by image_loading, re-exported here).
 
 All exporters accept the same video forms and turn them into ``uint8`` ``[H, W, 3]`` RGB arrays
 with :func:`frames_as_uint8`. Files are written atomically: the encoder writes a hidden temporary
@@ -10,15 +10,11 @@ images, quantizes gif palettes and writes png.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import io
 import math
 import numbers
 import os
 import secrets
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from typing import Any
@@ -26,15 +22,16 @@ from typing import Any
 import av
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
+
+# Images are read by image_loading (deadlines, caps, 16-bit scaling); re-exported here.
+from .image_loading import MAX_IMAGE_PIXELS, check_unit_range, image_as_rgb, load_image  # noqa: F401
 
 PathLike = str | os.PathLike
 # A video: a sequence of frames (PIL images, [H, W, 3] arrays or tensors), an array or tensor
 # [F, H, W, 3], or a batch holding exactly one such video ([1, F, H, W, 3], [frames]).
 VideoFrames = Any
 
-_URL_PREFIXES = ("http://", "https://")
 _VIDEO_FORMS = (
     "a list of PIL images or [H, W, 3] arrays/tensors, an array or tensor [F, H, W, 3] "
     "(uint8 in [0, 255] or float in [0, 1]), or a batch holding one such video"
@@ -42,74 +39,6 @@ _VIDEO_FORMS = (
 
 
 # ---------------------------------------------------------------------------------------- reading
-
-
-def load_image(image: PathLike | PIL.Image.Image, *, timeout: float = 10.0) -> PIL.Image.Image:
-    """Load an image from a file path, an ``http(s)://`` URL or a PIL image, as an RGB image.
-
-    The EXIF orientation tag is applied (a phone photo comes back upright). Any mode is converted
-    with ``Image.convert("RGB")``, as diffusers does: an alpha channel is dropped, not composited.
-    ``timeout`` (seconds) bounds each network operation of a URL download.
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: the file or download is not a readable image.
-        OSError: the URL could not be fetched (``TimeoutError`` when it timed out).
-        TypeError: ``image`` is none of the accepted types.
-    """
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"load_image: `timeout` must be a number of seconds; got {timeout!r}")
-    if not timeout > 0:
-        raise ValueError(f"load_image: `timeout` must be positive seconds; got {timeout!r}")
-    if isinstance(image, PIL.Image.Image):
-        opened = image
-    elif isinstance(image, (str, os.PathLike)):
-        location = os.fsdecode(image)
-        if location.startswith(_URL_PREFIXES):
-            downloaded = io.BytesIO(_download(location, timeout))
-            opened = _open_image(downloaded, f"the download of {location}")
-        else:
-            opened = _open_image(location, repr(location))
-    else:
-        raise TypeError(
-            "load_image: `image` must be a file path (str or os.PathLike), an http(s):// URL or a "
-            f"PIL.Image.Image; got {type(image).__name__}"
-        )
-    return PIL.ImageOps.exif_transpose(opened).convert("RGB")
-
-
-def _open_image(source: str | io.BytesIO, description: str) -> PIL.Image.Image:
-    """Open and fully decode an image, so decode errors surface here and no file stays open."""
-    try:
-        with PIL.Image.open(source) as opened:
-            opened.load()
-            return opened.copy()  # outlives the closed file; keeps `info`, hence the EXIF tag
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"load_image: no image file at {description}") from error
-    except IsADirectoryError as error:
-        raise ValueError(f"load_image: {description} is a folder, not an image file") from error
-    except PermissionError:
-        raise
-    except (PIL.UnidentifiedImageError, OSError, SyntaxError) as error:
-        # Pillow reports unknown formats as UnidentifiedImageError and truncated data as OSError.
-        raise ValueError(f"load_image: {description} is not a readable image ({error})") from error
-
-
-def _download(url: str, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "vidiff"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read()
-    except urllib.error.HTTPError as error:
-        cause = f"HTTP {error.code} {error.reason}"
-        raise OSError(f"load_image: could not fetch {url}: {cause}") from error
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-        # A connect timeout arrives wrapped in URLError, a read timeout bare.
-        cause = getattr(error, "reason", error)
-        if isinstance(cause, TimeoutError) or isinstance(error, TimeoutError):
-            raise TimeoutError(f"load_image: fetching {url} timed out after {timeout} s") from error
-        raise OSError(f"load_image: could not fetch {url}: {cause}") from error
-
 
 def load_video(path: PathLike) -> list[PIL.Image.Image]:
     """Decode every frame of the first video stream of a file (mp4, gif, …) as RGB PIL images."""
@@ -259,7 +188,10 @@ def export_to_video(
         with av.open(temporary, mode="w", format="mp4", options=mp4_options) as container:
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = codec_options
+            # x264's output depends on its thread count, which by default follows the CPUs this
+            # process may use (1.5 per CPU); a fixed count makes the same frames the same file on
+            # any machine, under any CPU affinity (x264 is deterministic for a given count).
+            stream.options = {**codec_options, "threads": str(X264_THREADS)}
             _encode(container, stream, (_rgb_frame(frame) for frame in frames))
     return target
 
@@ -325,6 +257,9 @@ def _frame_rate(fps: int | float, caller: str) -> Fraction:
         raise ValueError(f"{caller}: `fps` must be a positive, finite number; got {fps}")
     # A denominator up to 1001 keeps NTSC rates (30000/1001) exact and turns 7.0 into 7/1.
     return Fraction(fps).limit_denominator(1001)
+
+
+X264_THREADS = 8  # fixed, for byte-reproducible mp4s (see export_to_video); x264 caps it for small frames
 
 
 def _x264_options(quality: float | None, crf: int | None) -> dict[str, str]:

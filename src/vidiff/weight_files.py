@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -72,11 +73,12 @@ def variants_present(names: Iterable[str], weights_name: str) -> list[str]:
     return sorted(found)
 
 
-def choose(names: Iterable[str], weights_name: str, variant: str | None, where: str) -> str:
+def choose(names: Iterable[str], weights_name: str, variant: str | None, where: str, warn: bool = True) -> str:
     """Pick the file (single weights file or shard index) to read among the file names of a folder.
 
     ``where`` describes the folder for messages. A requested variant that this component lacks falls
-    back to the default weights with a warning (pipelines ship fp16 files for some components only).
+    back to the default weights with a warning (pipelines ship fp16 files for some components only;
+    ``warn=False`` for a second look at the same folder).
     """
     available = set(names)
     wanted = next((n for n in candidates(weights_name, variant) if n in available), None)
@@ -84,6 +86,8 @@ def choose(names: Iterable[str], weights_name: str, variant: str | None, where: 
         return wanted
     default = next((n for n in candidates(weights_name, None) if n in available), None)
     if variant is not None and default is not None:
+        if not warn:
+            return default
         logger.warning(
             "%s has no %r variant of its weights (%s); loading %s instead.",
             where, variant, _with_variant(weights_name, variant) + ".safetensors", default,
@@ -128,23 +132,46 @@ def read(path: Path) -> dict[str, torch.Tensor]:
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
     except safetensors.SafetensorError as error:
-        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt): {_cut(str(error))}") from error
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        # torch says "unsupported GLOBAL <name>" when the pickle names a class or function: an object
+        # that is not a tensor. Any other unpickling error is a damaged file, not a security matter.
+        refused = re.search(r"GLOBAL (\S+)", str(error), re.IGNORECASE)
+        if refused is None:
+            raise ValueError(_corrupt(path, error)) from error
         raise ValueError(
-            f"Refusing to load {path}: it holds objects other than tensors, and vidiff only unpickles "
-            "plain tensors (torch.load(weights_only=True)) because a pickle can run arbitrary code. "
-            "Convert the file to safetensors with a tool you trust."
+            f"Refusing to load {path}: it holds objects other than tensors ({refused.group(1)[:80]}), and "
+            "vidiff only unpickles plain tensors (torch.load(weights_only=True)) because a pickle can run "
+            "arbitrary code. Convert the file to safetensors with a tool you trust."
         ) from error
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise  # the file system's own message says it best
+    except (EOFError, OSError, RuntimeError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as error:
+        # A truncated or overwritten file surfaces as any of these, depending on where it breaks.
+        raise ValueError(_corrupt(path, error)) from error
     if not isinstance(loaded, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
     ):
         raise ValueError(f"{path} does not hold a flat state dict (a mapping of names to tensors)")
     return dict(loaded)
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    """The first sentence of ``text``, at most ``limit`` characters (torch's messages run to paragraphs)."""
+    line = (text.strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _corrupt(path: Path, error: BaseException) -> str:
+    """One line for a pickle that cannot be read: the file, and the first line of torch's reason."""
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]
+    detail = _cut(text) or "unexpected end of file"
+    return f"{path} is not a readable PyTorch weights file (truncated or corrupt): {type(error).__name__}: {detail}"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

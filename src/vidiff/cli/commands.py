@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,13 +21,28 @@ from ..pipelines.svd import StableVideoDiffusionPipeline
 
 
 # ------------------------------------------------------------------------------ value parsers
-def _integer(text: str, minimum: int, what: str) -> int:
+# Upper bounds that no real run comes near; they turn a typo (an extra zero, a pasted number) into a
+# usage error instead of minutes of work before running out of memory. Memory itself is estimated
+# from the model before loading (vidiff.pipelines.memory); these only catch nonsense.
+MAX_PIXELS = 16384  # per side; 16K video, twice what any released video model trains at
+MAX_FRAMES = 4096  # per video; minutes of video even at 30 fps
+MAX_STEPS = 10000  # denoising steps; schedulers are trained on 1000 timesteps
+MAX_VIDEOS = 1000  # videos per run (each is a separate output file)
+MAX_FPS = 1000  # frames per second, conditioning or export
+MAX_CONDITION = 1_000_000  # integer conditionings (SVD's motion bucket is trained on 0–255)
+MAX_NUMPY_SEED = 2**128 - 1  # PCG64's state is 128 bits; larger seeds only alias
+MAX_TORCH_SEED = 2**64 - 1  # torch.Generator.manual_seed takes a uint64
+
+
+def _integer(text: str, minimum: int, what: str, maximum: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
     if value < minimum:
         raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(f"expected {what}, at most {maximum}; got {value}")
     return value
 
 
@@ -38,8 +54,39 @@ def non_negative_int(text: str) -> int:
     return _integer(text, 0, "an integer ≥ 0")
 
 
+def frame_count(text: str) -> int:
+    return _integer(text, 1, "an integer ≥ 1 (frames)", MAX_FRAMES)
+
+
+def step_count(text: str) -> int:
+    return _integer(text, 1, "an integer ≥ 1 (steps)", MAX_STEPS)
+
+
+def video_count(text: str) -> int:
+    return _integer(text, 1, "an integer ≥ 1 (videos)", MAX_VIDEOS)
+
+
+def frame_rate(text: str) -> int:
+    return _integer(text, 1, "an integer ≥ 1 (frames per second)", MAX_FPS)
+
+
+def condition_int(text: str) -> int:
+    return _integer(text, 0, "an integer ≥ 0", MAX_CONDITION)
+
+
+def numpy_seed(text: str) -> int:
+    """``--seed``: PCG64 seeds are non-negative (numpy refuses negative ones)."""
+    return _integer(text, 0, "an integer ≥ 0 (a numpy PCG64 seed)", MAX_NUMPY_SEED)
+
+
+def torch_seed(text: str) -> int:
+    """``--torch-seed``: 0 … 2⁶⁴ − 1. torch also takes −2⁶³ … −1 as aliases of the top half; vidiff
+    refuses them so that each seed has one name (the one the sidecar records)."""
+    return _integer(text, 0, "an integer in [0, 2**64 - 1] (a torch.Generator seed)", MAX_TORCH_SEED)
+
+
 def pixels(text: str) -> int:
-    value = _integer(text, 8, "a positive multiple of 8 (pixels)")
+    value = _integer(text, 8, "a positive multiple of 8 (pixels)", MAX_PIXELS)
     if value % 8:
         lower, upper = value - value % 8, value - value % 8 + 8
         raise argparse.ArgumentTypeError(f"expected a positive multiple of 8 (pixels), got {value}; try {lower} or {upper}")
@@ -51,13 +98,14 @@ def _number(text: str, low: float, high: float | None, what: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not (value >= low and (high is None or value <= high)):
+    # `inf >= low` holds and `nan` compares false both ways: finiteness is checked on its own.
+    if not math.isfinite(value) or not (value >= low and (high is None or value <= high)):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    return _number(text, 0.0, None, "a number ≥ 0")
+    return _number(text, 0.0, None, "a finite number ≥ 0")
 
 
 def unit_interval(text: str) -> float:
@@ -65,9 +113,17 @@ def unit_interval(text: str) -> float:
 
 
 def positive_float(text: str) -> float:
-    value = _number(text, 0.0, None, "a positive number")
+    value = _number(text, 0.0, None, "a finite positive number")
     if value == 0:
-        raise argparse.ArgumentTypeError("expected a positive number, got 0")
+        raise argparse.ArgumentTypeError("expected a finite positive number, got 0")
+    return value
+
+
+def export_rate(text: str) -> float:
+    """``--fps`` of AnimateDiff: the written video's frame rate (a positive number ≤ MAX_FPS)."""
+    value = positive_float(text)
+    if value > MAX_FPS:
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, at most {MAX_FPS}; got {text}")
     return value
 
 
@@ -115,10 +171,10 @@ SIZE = (
     ("--width", "width", pixels, "video width in pixels (multiple of 8)"),
 )
 COUNTS = (
-    ("--num-frames", "num_frames", positive_int, "frames per video"),
-    ("--steps", "num_inference_steps", positive_int, "denoising steps"),
-    ("--num-videos", "num_videos_per_prompt", positive_int, "videos to make (numbered outputs when > 1)"),
-    ("--decode-chunk-size", "decode_chunk_size", positive_int, "frames per VAE decoder call; lower saves memory"),
+    ("--num-frames", "num_frames", frame_count, "frames per video"),
+    ("--steps", "num_inference_steps", step_count, "denoising steps"),
+    ("--num-videos", "num_videos_per_prompt", video_count, "videos to make (numbered outputs when > 1)"),
+    ("--decode-chunk-size", "decode_chunk_size", frame_count, "frames per VAE decoder call; lower saves memory"),
 )
 TEXT = (
     ("--negative-prompt", "negative_prompt", str, "what to steer away from"),
@@ -138,8 +194,8 @@ SVD = Command(
         *SIZE, *COUNTS,
         ("--min-guidance-scale", "min_guidance_scale", non_negative_float, "guidance on the first frame"),
         ("--max-guidance-scale", "max_guidance_scale", non_negative_float, "guidance on the last frame (ramps linearly)"),
-        ("--fps", "fps", positive_int, "frame rate the model is conditioned on; also the export rate"),
-        ("--motion-bucket-id", "motion_bucket_id", non_negative_int, "amount of motion"),
+        ("--fps", "fps", frame_rate, "frame rate the model is conditioned on; also the export rate"),
+        ("--motion-bucket-id", "motion_bucket_id", condition_int, "amount of motion"),
         ("--noise-aug-strength", "noise_aug_strength", non_negative_float, "noise added to the image: more motion, less likeness"),
     ),
     fps_param="fps",
@@ -153,7 +209,7 @@ I2VGEN_XL = Command(
     takes_prompt=True,
     flags=_flags(
         *SIZE, *COUNTS, *TEXT,
-        ("--target-fps", "target_fps", positive_int, "frame rate the model is conditioned on; also the export rate"),
+        ("--target-fps", "target_fps", frame_rate, "frame rate the model is conditioned on; also the export rate"),
     ),
     fps_param="target_fps",
 )

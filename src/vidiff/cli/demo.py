@@ -8,6 +8,7 @@ writers. The weights are random, so the videos are noise; the point is that ever
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,16 @@ REAL_COMMANDS = (
     'vidiff i2vgen-xl rocket.png "a rocket flying into space" -o rocket.gif',
     'vidiff animatediff "a rocket flying into space" -o rocket.mp4',
 )
+
+
+def _demo_svd_command(image: Path, checkpoint: Path) -> str:
+    """The demo's SVD run as a shell command with the real paths (``$VIDIFF_HOME`` resolved): drop
+    ``--model`` and the small sizes and it runs the released SVD-XT."""
+    call = DEMO_CALLS[SVD.name]
+    return (
+        f"vidiff svd {shlex.quote(str(image))} --model {shlex.quote(str(checkpoint))} --height {call['height']} "
+        f"--width {call['width']} --num-frames {call['num_frames']} --steps {call['num_inference_steps']} -o my.mp4"
+    )
 
 
 def _demo_image(path: Path, overwrite: bool) -> Path:
@@ -47,7 +58,7 @@ def run_demo(explicit: dict[str, Any], show_progress: bool) -> list[Path]:
     overwrite = explicit.get("overwrite", False)
     if not folder.absolute().parent.is_dir():
         raise UsageError(f"--output-dir {str(folder)!r}: the folder {str(folder.absolute().parent)!r} does not exist")
-    logger.warning("vidiff demo: the weights are RANDOM, so the videos are noise; they show the whole path runs")
+    logger.warning("demo: the weights are RANDOM, so the videos are noise; they show the whole path runs")
     checkpoints = ensure_demo_checkpoints()
     folder.mkdir(exist_ok=True)
     image = _demo_image(folder / "input.png", overwrite)
@@ -61,8 +72,11 @@ def run_demo(explicit: dict[str, Any], show_progress: bool) -> list[Path]:
         outputs = [str(folder / f"{command.name}.mp4"), str(folder / f"{command.name}.gif")]
         settings = {**DEMO_CALLS[command.name], **inputs, "seed": 0, "output": outputs, "overwrite": overwrite, "offline": True}
         written += run(command, settings, show_progress)
+    videos = len(written) - 1
     logger.warning(
-        "vidiff demo: wrote %d files to %s. With the real checkpoints (downloaded from the Hugging Face Hub "
-        "on first use; a GPU is advised):\n  %s", len(written), folder, "\n  ".join(REAL_COMMANDS),
+        "demo: wrote %d files to %s: %d videos, their %d .json sidecars and input.png. The same SVD run as a "
+        "command:\n  %s\nDrop --model and the sizes for the real checkpoints (downloaded from the Hugging Face "
+        "Hub on first use; a GPU is advised):\n  %s",
+        1 + 2 * videos, folder, videos, videos, _demo_svd_command(image, checkpoints.svd), "\n  ".join(REAL_COMMANDS),
     )
     return written

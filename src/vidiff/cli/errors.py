@@ -13,3 +13,12 @@ class RunError(Exception):
     """A valid request failed while running: loading, generating or writing (exit status 1)."""
 
     exit_status = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt so the same clean-up runs; the exit
+    status is 128 + the signal's number, as a shell reports a process the signal ended."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

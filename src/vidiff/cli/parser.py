@@ -14,9 +14,11 @@ from .commands import (
     ANIMATEDIFF_EXPORT_FPS,
     COMMANDS,
     Command,
+    export_rate,
     non_negative_float,
-    positive_float,
+    numpy_seed,
     scheduler_choices,
+    torch_seed,
     unit_interval,
 )
 from .errors import UsageError
@@ -58,7 +60,7 @@ def _add_pipeline_flags(sub: argparse.ArgumentParser, command: Command) -> None:
         )
     if command.fps_param is None:
         group.add_argument(
-            "--fps", dest="export_fps", type=positive_float, metavar="X",
+            "--fps", dest="export_fps", type=export_rate, metavar="X",
             help=f"frame rate of the written video (default: {ANIMATEDIFF_EXPORT_FPS})",
         )
 
@@ -88,8 +90,8 @@ def _add_model_flags(sub: argparse.ArgumentParser, command: Command) -> None:
 def _add_run_flags(sub: argparse.ArgumentParser) -> None:
     group = sub.add_argument_group("seed and output")
     seeds = group.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, metavar="N", help="numpy PCG64 seed: the same video on any device (default: random, recorded)")
-    seeds.add_argument("--torch-seed", type=int, metavar="N", help="CPU torch.Generator seed: diffusers-compatible draws")
+    seeds.add_argument("--seed", type=numpy_seed, metavar="N", help="numpy PCG64 seed ≥ 0: the same video on any device (default: random, recorded)")
+    seeds.add_argument("--torch-seed", type=torch_seed, metavar="N", help="CPU torch.Generator seed in [0, 2**64 - 1]: diffusers-compatible draws")
     group.add_argument(
         "-o", "--output", action="append", metavar="PATH",
         help="a .mp4, a .gif, or a folder (no extension) for numbered PNG frames; repeat for several "
@@ -134,3 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace videos left by an earlier demo")
     add_common_flags(demo)
     return parser
+
+
+def subcommand_actions(name: str) -> dict[str, argparse.Action]:
+    """The argparse actions of subcommand ``name`` by destination (to check ``--from-json`` values
+    with the same value parsers and choices as the flags)."""
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {action.dest: action for action in subparsers.choices[name]._actions}

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from .. import __version__, loading
-from ..models.motion_adapter import MotionAdapter
-from . import outputs, settings as run_settings
+from ..models.base import PretrainedModel
+from ..models.motion_adapter import MotionAdapter, MotionAdapterConfig
+from . import limits, outputs, settings as run_settings
 from .commands import ANIMATEDIFF_EXPORT_FPS, Command, scheduler_choices
 from .errors import RunError, UsageError
 
@@ -29,16 +30,20 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     if recorded is not None and command.takes_image:
         _warn_if_image_changed(settings["image"], recorded)
     prompt = run_settings.read_prompt(command, settings) if command.takes_prompt else None
+    limits.check_text(settings)
     overrides = run_settings.scheduler_overrides(command, settings)
     seed = run_settings.pick_seed(settings)
     videos = settings.get("num_videos_per_prompt") or command.default("num_videos_per_prompt")
     targets = outputs.plan_outputs(
         settings.get("output") or [f"{command.name}-{seed.value}.mp4"], videos, settings.get("overwrite", False)
     )
+    limits.check_writable(targets)
+    limits.check_gif_rate(command, targets, _export_fps(command, settings))
     device = run_settings.pick_device(settings["device"])
-    needs_adapter = _check_model(command, settings)
+    checkpoint, needs_adapter = _check_model(command, settings)
     dtype = run_settings.pick_dtype(settings["dtype"], device)
     variant = run_settings.pick_variant(settings["variant"], dtype)
+    limits.check_fits(command, settings, checkpoint, needs_adapter, device, dtype)
     logger.info("device %s, dtype %s%s", device, str(dtype).removeprefix("torch."), f", {variant} weights" if variant else "")
 
     pipe = _load(command, settings, dtype, variant, device, needs_adapter)
@@ -62,12 +67,12 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
         raise UsageError(str(error)) from error
     fps = _export_fps(command, settings)
     record = _record(command, settings, overrides, seed, device, dtype, variant, pipe, fps)
+    sidecars = [{**record, "output": {
+        "path": str(target.path.absolute()), "format": target.kind, "video_index": target.video_index,
+        "videos": videos, "fps": fps,
+    }} for target in targets]
+    outputs.write_outputs(targets, frames, fps, sidecars, settings.get("overwrite", False))
     for target in targets:
-        outputs.write_video(target, frames[target.video_index], fps)
-        outputs.write_sidecar(target, {**record, "output": {
-            "path": str(target.path.absolute()), "format": target.kind, "video_index": target.video_index,
-            "videos": videos, "fps": fps,
-        }})
         logger.info("wrote %s", target.path)
     return [target.path for target in targets]
 
@@ -79,30 +84,85 @@ def _warn_if_image_changed(image: str, recorded: dict[str, Any]) -> None:
         logger.warning("IMAGE %s is not the file the recorded run used (its SHA-256 differs): the video will differ", image)
 
 
-def _check_model(command: Command, settings: dict[str, Any]) -> bool:
+def _check_model(command: Command, settings: dict[str, Any]) -> tuple[loading.Checkpoint, bool]:
     """Open the checkpoint (a folder, the cache or the Hub) and read its model_index.json before any
-    weights load, so a wrong ``--model`` fails fast. Returns whether a motion adapter must be loaded:
-    a Stable Diffusion checkpoint needs one, a saved AnimateDiff pipeline already holds its modules."""
+    weights load, so a wrong ``--model`` fails fast. Returns it, and whether a motion adapter must be
+    loaded: a Stable Diffusion checkpoint needs one, a saved AnimateDiff pipeline already holds its modules."""
     model = settings["model"]
     try:
         checkpoint = loading.Checkpoint.open(model, revision=settings.get("revision"), local_files_only=settings.get("offline") or None)
         index = checkpoint.read_json("model_index.json")
+    except loading.CheckpointNotCachedError as error:
+        what = f"the default model {model!r} (no --model given)" if model == command.default_model else f"--model {model!r}"
+        raise RunError(_not_cached(what, "--model", error)) from None
     except FileNotFoundError as error:
         raise RunError(f"--model {model!r} is not a usable checkpoint: {error}") from None
     except (OSError, ValueError) as error:
         raise RunError(f"--model {model!r} cannot be read: {error}") from None
-    return bool(command.default_motion_adapter) and (index.get("unet") or [None, None])[1] != "UNetMotionModel"
+    try:
+        _check_configs(command, checkpoint, index)
+    except (OSError, ValueError) as error:
+        raise RunError(f"cannot load --model {model!r}: {error}") from None
+    needs_adapter = bool(command.default_motion_adapter) and (index.get("unet") or [None, None])[1] != "UNetMotionModel"
+    if needs_adapter:
+        _check_adapter(command, settings)
+    return checkpoint, needs_adapter
+
+
+def _check_configs(command: Command, checkpoint: loading.Checkpoint, index: dict[str, Any]) -> None:
+    """Build each network's typed config from its config.json (no weights), so a wrong value fails
+    now, naming the file and key, not deep inside loading or as a usage error after it."""
+    pipeline = command.pipeline
+    for name, classes in pipeline.components.items():
+        entry = index.get(name)
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not pipeline._wants_component(name, index):
+            continue  # a missing component is the loader's to report
+        component = classes.get(entry[1])
+        if isinstance(component, type) and issubclass(component, PretrainedModel):
+            component.config_class.from_diffusers(checkpoint.read_json(loading.join(name, "config.json")))
+
+
+def _check_adapter(command: Command, settings: dict[str, Any]) -> None:
+    """Open --motion-adapter and check its config.json before anything loads, like --model."""
+    adapter = settings["motion_adapter"]
+    try:
+        checkpoint = loading.Checkpoint.open(adapter, local_files_only=settings.get("offline") or None)
+        MotionAdapterConfig.from_diffusers(checkpoint.read_json("config.json"))
+    except loading.CheckpointNotCachedError as error:
+        default = adapter == command.default_motion_adapter
+        what = f"the default motion adapter {adapter!r} (no --motion-adapter given)" if default else f"--motion-adapter {adapter!r}"
+        raise RunError(_not_cached(what, "--motion-adapter", error)) from None
+    except (OSError, ValueError) as error:
+        raise RunError(f"cannot load --motion-adapter {adapter!r}: {error}") from None
+
+
+def _not_cached(what: str, flag: str, error: loading.CheckpointNotCachedError) -> str:
+    """Why a Hub checkpoint cannot be opened, and what to do, in the command line's terms."""
+    if error.offline_reason.startswith("local_files_only"):
+        why, fix = "--offline forbids downloads", "run once without --offline to download it"
+    elif error.offline_reason.startswith("HF_HUB_OFFLINE"):
+        why, fix = "HF_HUB_OFFLINE is set, which forbids downloads", "unset HF_HUB_OFFLINE and run once to download it"
+    else:
+        why, fix = error.offline_reason, "run once with network access to download it"
+    return (
+        f"{what} is not in the local Hugging Face cache ({error.cache}) and {why}: {fix} "
+        f"(or `hf download {error.repo_id}`), set HF_HOME to a folder whose cache holds it, or pass "
+        f"{flag} FOLDER with a local checkpoint"
+    )
 
 
 def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, variant: str | None, device: torch.device, needs_adapter: bool):
     model, offline = settings["model"], settings.get("offline") or None
     source = dict(revision=settings.get("revision"), local_files_only=offline)
-    try:
-        extra = {}
-        if needs_adapter:
-            adapter = settings["motion_adapter"]
-            logger.info("loading the motion adapter from %s", adapter)
+    extra = {}
+    if needs_adapter:
+        adapter = settings["motion_adapter"]
+        logger.info("loading the motion adapter from %s", adapter)
+        try:
             extra["motion_adapter"] = MotionAdapter.from_pretrained(adapter, dtype=dtype, variant=variant, local_files_only=offline)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise RunError(f"cannot load --motion-adapter {adapter!r}: {error}") from error
+    try:
         logger.info("loading %s from %s", command.pipeline.__name__, model)
         pipe = command.pipeline.from_pretrained(model, dtype=dtype, variant=variant, **source, **extra)
         return pipe.to(device)

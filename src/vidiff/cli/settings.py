@@ -7,8 +7,10 @@ mistake costs no download and no loading time.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import logging
 import secrets
 from pathlib import Path
 from typing import Any
@@ -17,14 +19,18 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..media import load_image
+from ..image_loading import load_image
+from ..pipelines.frames import check_image_size
 from .commands import Command, scheduler_choices
 from .errors import UsageError
+from .parser import subcommand_actions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # Settings that describe where the run's outputs go, never taken from a sidecar.
 NOT_RECORDED = ("output", "overwrite", "from_json", "quiet", "progress", "debug", "command")
+
+logger = logging.getLogger("vidiff.cli")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +82,52 @@ def merge(command: Command, explicit: dict[str, Any]) -> tuple[dict[str, Any], d
     record = read_sidecar(explicit["from_json"], command) if "from_json" in explicit else None
     recorded = {}
     if record is not None:
-        recorded = dict(record["arguments"])
+        # A sidecar replays generation settings only: where outputs go and whether to replace them
+        # is only ever what the user types now.
+        recorded = {k: v for k, v in record["arguments"].items() if k not in NOT_RECORDED}
         if "seed" not in explicit and "torch_seed" not in explicit:
             seed = record["seed"]
             recorded["seed" if seed["kind"] == "numpy" else "torch_seed"] = seed["value"]
+        recorded = check_recorded(command, explicit["from_json"], recorded)
     return {**defaults(command), **recorded, **explicit}, record
+
+
+def check_recorded(command: Command, path: str, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A sidecar's arguments through the flags' own value parsers and choices, so a hand-edited
+    ``{"num_frames": "lots"}`` fails as ``--num-frames lots`` would (exit 2). Keys this vidiff has no
+    flag for are dropped with a warning; ``None`` means the pipeline's default."""
+    actions, checked = subcommand_actions(command.name), {}
+    for key, value in recorded.items():
+        action = actions.get(key)
+        if action is None:
+            if key not in defaults(command):  # e.g. SVD's motion_adapter: None, recorded as a default
+                logger.warning("--from-json %s: ignoring %r, which this vidiff has no setting for", path, key)
+        elif value is None or key == "scheduler_config":
+            checked[key] = value  # checked with the scheduler (scheduler_overrides)
+        else:
+            checked[key] = _recorded_value(path, action, value)
+    return checked
+
+
+def _recorded_value(path: str, action: argparse.Action, value: Any) -> Any:
+    name = action.option_strings[-1] if action.option_strings else action.metavar or action.dest
+    where = f"--from-json {path!r}: argument {name}"
+    if action.nargs == 0:  # a switch (--offline)
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UsageError(f"{where}: expected a single value, got {value!r}")
+    if action.type is not None:
+        try:
+            value = action.type(str(value))
+        except argparse.ArgumentTypeError as error:
+            raise UsageError(f"{where}: {error}") from None
+    elif not isinstance(value, str):
+        raise UsageError(f"{where}: expected text, got {value!r}")
+    if action.choices is not None and value not in action.choices:
+        raise UsageError(f"{where}: invalid choice: {value!r} (choose from {', '.join(map(repr, action.choices))})")
+    return value
 
 
 def pick_seed(settings: dict[str, Any]) -> Seed:
@@ -92,12 +139,12 @@ def pick_seed(settings: dict[str, Any]) -> Seed:
 
 
 def read_image(command: Command, settings: dict[str, Any]) -> PIL.Image.Image:
-    """Load IMAGE now, so a wrong path fails before any model is loaded."""
+    """Load IMAGE now, so a wrong path or an unusable picture fails before any model is loaded."""
     text = settings.get("image")
     if text is None:
         raise UsageError(f"`vidiff {command.name}` needs IMAGE, the picture the video starts from (a file path or URL)")
     if text.startswith(("http://", "https://")):
-        return load_image(text)  # a failed download is a runtime error (exit 1)
+        return _usable(text, load_image(text))  # a failed download is a runtime error (exit 1)
     path = Path(text).expanduser()
     if not path.exists():
         if " " in text.strip() or path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -110,17 +157,42 @@ def read_image(command: Command, settings: dict[str, Any]) -> PIL.Image.Image:
         raise UsageError(f"IMAGE {text!r} does not exist")
     if path.is_dir():
         raise UsageError(f"IMAGE {text!r} is a folder; pass an image file (png, jpg, webp…)")
+    if not path.is_file():  # reading a FIFO or a device would block, or never end
+        raise UsageError(f"IMAGE {text!r} is not a regular file (a FIFO, socket or device); pass an image file")
     try:
-        return load_image(str(path))
+        image = load_image(str(path))
     except (ValueError, OSError) as error:
         raise UsageError(f"IMAGE {text!r} cannot be read as an image: {error}") from None
+    return _usable(text, image)
+
+
+def _usable(text: str, image: PIL.Image.Image) -> PIL.Image.Image:
+    """Refuse a picture no pipeline can use (a side under 8 pixels, an absurd aspect ratio)."""
+    try:
+        check_image_size(image.width, image.height, argument="IMAGE")
+    except ValueError as error:
+        raise UsageError(f"IMAGE {text!r}: {str(error).replace('`IMAGE`', 'it')}") from None
+    return image
 
 
 def read_prompt(command: Command, settings: dict[str, Any]) -> str:
     prompt = settings.get("prompt")
     if prompt is None or not prompt.strip():
         raise UsageError(f"`vidiff {command.name}` needs PROMPT, the text describing the video (quote it)")
+    if _names_an_image_file(prompt):
+        # Most likely the wrong command: the file name would be taken as the description of the video.
+        hint = ("IMAGE comes first, then PROMPT" if command.takes_image
+                else "to start from an image use `vidiff svd IMAGE` or `vidiff i2vgen-xl IMAGE PROMPT`")
+        logger.warning("PROMPT %r is the name of an image file, used here as text; %s", prompt, hint)
     return prompt
+
+
+def _names_an_image_file(text: str) -> bool:
+    path = Path(text.strip()).expanduser()
+    try:
+        return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or holding NUL
+        return False
 
 
 def pick_device(name: str) -> torch.device:
@@ -138,6 +210,10 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto``: float16 on CUDA (what the released weights are used in), float32 elsewhere."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
+    if device.type == "cpu" and name in ("fp16", "bf16"):
+        # CPUs have few half-precision kernels: torch converts around most operations.
+        logger.warning("--dtype %s on the CPU is slower than fp32 there (and no smaller in the end result); "
+                       "it saves memory only", name)
     return DTYPES[name]
 
 

@@ -83,8 +83,9 @@ class PretrainedModel(nn.Module):
             model = cls.from_config(raw)
         state = checkpoint.load_state_dict(subfolder, variant=variant, weights_name=cls.weights_name)
         state = cls.rename_legacy_keys(state)
+        source = checkpoint.weights_source(subfolder, variant=variant, weights_name=cls.weights_name)
         loading.load_state_dict_strict(
-            model, state, dtype=dtype, device=device, ignore_unexpected=cls.ignored_checkpoint_keys
+            model, state, dtype=dtype, device=device, ignore_unexpected=cls.ignored_checkpoint_keys, source=source
         )
         return model.eval()
 

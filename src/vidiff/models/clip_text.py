@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from .base import PretrainedModel
 from .clip_layers import CLIPEncoder, check_tower_options
 
@@ -28,6 +28,12 @@ class CLIPTextConfig(Config):
     """Options of a transformers ``clip_text_model`` config; defaults are Stable Diffusion 1.5's text
     encoder (OpenAI CLIP ViT-L/14). Keys such as ``attention_dropout`` or ``use_attention_mask`` are
     kept in :attr:`extra`."""
+
+    int_ranges: ClassVar = {
+        **ranges(WIDTH, "hidden_size", "intermediate_size", "num_attention_heads", "projection_dim"),
+        **ranges(COUNT, "num_hidden_layers"),
+        **ranges(SIZE, "vocab_size", "max_position_embeddings"),
+    }
 
     vocab_size: int = 49408
     hidden_size: int = 768

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from .base import PretrainedModel
 from .clip_layers import CLIPEncoder, check_tower_options
 
@@ -22,6 +22,12 @@ from .clip_layers import CLIPEncoder, check_tower_options
 class CLIPVisionConfig(Config):
     """Options of a transformers ``clip_vision_model`` config; defaults are SVD-XT's image encoder
     (OpenCLIP ViT-H/14)."""
+
+    int_ranges: ClassVar = {
+        **ranges(WIDTH, "hidden_size", "intermediate_size", "num_attention_heads", "num_channels", "projection_dim"),
+        **ranges(COUNT, "num_hidden_layers"),
+        **ranges(SIZE, "patch_size", "image_size"),
+    }
 
     hidden_size: int = 1280
     intermediate_size: int = 5120

@@ -9,10 +9,11 @@ The adapter is a weight container with no forward of its own. Its modules sit wh
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from torch import nn
 
-from ..config import Config
+from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.motion import MotionModule
 from .base import PretrainedModel
 
@@ -30,6 +31,14 @@ class MotionAdapterConfig(Config):
     ``motion_cross_attention_dim``; diffusers ignores them (always geglu, no bias, no context), so
     they are kept in :attr:`extra` only.
     """
+
+    int_ranges: ClassVar = {
+        **ranges(WIDTH, "block_out_channels", "motion_num_attention_heads", "motion_norm_num_groups",
+                 "conv_in_channels"),
+        **ranges(COUNT, "motion_layers_per_block", "motion_transformer_layers_per_block",
+                 "motion_mid_block_layers_per_block", "motion_transformer_layers_per_mid_block"),
+        **ranges(SIZE, "motion_max_seq_length"),
+    }
 
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
     motion_layers_per_block: PerLayer = 2

@@ -10,12 +10,13 @@ videos, with motion modules in every stage.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import Config
+from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.embeddings import TimestepEmbedding, batch_timesteps, sinusoidal_embedding
 from .base import PretrainedModel
 from .unet_2d_blocks import (
@@ -81,6 +82,16 @@ class UNet2DConditionConfig(Config):
     other block types (``dropout``, ``resnet_skip_time_act``, ``resnet_out_scale_factor``,
     ``cross_attention_norm``, ``mid_block_only_cross_attention``, ...) do not affect these blocks.
     """
+
+    int_ranges: ClassVar = {
+        **ranges(WIDTH, "in_channels", "out_channels", "block_out_channels", "norm_num_groups",
+                 "cross_attention_dim", "attention_head_dim", "num_attention_heads", "encoder_hid_dim",
+                 "addition_time_embed_dim", "time_embedding_dim", "time_cond_proj_dim",
+                 "projection_class_embeddings_input_dim", "addition_embed_type_num_heads"),
+        **ranges(COUNT, "layers_per_block", "transformer_layers_per_block",
+                 "reverse_transformer_layers_per_block", "conv_in_kernel", "conv_out_kernel"),
+        **ranges(SIZE, "sample_size", "num_class_embeds"),
+    }
 
     sample_size: int | tuple[int, int] | None = None
     in_channels: int = 4

@@ -11,12 +11,13 @@ embedded like a timestep and added to the time embedding.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import Config
+from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.embeddings import TimestepEmbedding, batch_timesteps, sinusoidal_embedding
 from ..layers.frames import (
     frame_sequences_to_video,
@@ -54,6 +55,13 @@ class I2VGenXLUNetConfig(Config):
     and as the head *width* of ``transformer_in`` (8 heads). ``num_attention_heads`` is accepted and
     ignored, as diffusers does.
     """
+
+    int_ranges: ClassVar = {
+        **ranges(WIDTH, "in_channels", "out_channels", "block_out_channels", "norm_num_groups",
+                 "cross_attention_dim", "attention_head_dim", "num_attention_heads"),
+        **ranges(COUNT, "layers_per_block"),
+        **ranges(SIZE, "sample_size"),
+    }
 
     sample_size: int | tuple[int, int] | None = None
     in_channels: int = 4

@@ -9,12 +9,13 @@ video. Build one with :meth:`UNetMotionModel.from_unet2d` (an SD UNet plus an ad
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 from collections.abc import Mapping
 
 import torch
 
 from .. import loading
-from ..config import Config
+from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.frames import images_to_video, video_to_images
 from .motion_adapter import MotionAdapter
 from .unet_2d import ConditionalUNet, UNet2DConditionModel
@@ -73,6 +74,18 @@ class UNetMotionConfig(Config):
     ``temporal_*`` keys shape the motion modules; ``reverse_motion_num_attention_heads`` is accepted
     but, as in diffusers, unused (up stages mirror ``motion_num_attention_heads``).
     """
+
+    int_ranges: ClassVar = {
+        **ranges(WIDTH, "in_channels", "out_channels", "block_out_channels", "norm_num_groups",
+                 "cross_attention_dim", "num_attention_heads", "motion_num_attention_heads",
+                 "reverse_motion_num_attention_heads", "encoder_hid_dim", "addition_time_embed_dim",
+                 "projection_class_embeddings_input_dim", "time_cond_proj_dim"),
+        **ranges(COUNT, "layers_per_block", "transformer_layers_per_block", "reverse_transformer_layers_per_block",
+                 "temporal_transformer_layers_per_block", "reverse_temporal_transformer_layers_per_block",
+                 "transformer_layers_per_mid_block", "temporal_transformer_layers_per_mid_block",
+                 "mid_block_layers"),
+        **ranges(SIZE, "sample_size", "motion_max_seq_length"),
+    }
 
     sample_size: int | tuple[int, int] | None = None
     in_channels: int = 4

@@ -9,12 +9,13 @@ and on three micro-conditions ``added_time_ids = (fps − 1, motion_bucket_id, n
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import Config
+from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.embeddings import TimestepEmbedding, batch_timesteps, sinusoidal_embedding
 from ..layers.frames import images_to_video, video_to_images
 from .base import PretrainedModel
@@ -35,6 +36,13 @@ class UNetSpatioTemporalConditionConfig(Config):
     ``num_attention_heads``, ``cross_attention_dim``, ``layers_per_block`` and
     ``transformer_layers_per_block`` take one int for every stage or a tuple with one entry per stage.
     """
+
+    int_ranges: ClassVar = {
+        **ranges(WIDTH, "in_channels", "out_channels", "block_out_channels", "addition_time_embed_dim",
+                 "projection_class_embeddings_input_dim", "cross_attention_dim", "num_attention_heads"),
+        **ranges(COUNT, "layers_per_block", "transformer_layers_per_block"),
+        **ranges(SIZE, "sample_size", "num_frames"),
+    }
 
     sample_size: int | None = 96
     in_channels: int = 8

@@ -8,12 +8,13 @@ model). Latents are unscaled here: pipelines multiply encoder latents by ``confi
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import re
 
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from .base import PretrainedModel
 from .vae import Decoder, Encoder, LatentDistribution
 from .vae_tiling import TileLayout, map_tiles
@@ -39,6 +40,12 @@ class AutoencoderKLConfig(Config):
     ``sample_size`` (pixels) is the tile size of tiled encode / decode; ``force_upcast`` asks
     pipelines to run this VAE in float32.
     """
+
+    int_ranges: ClassVar = {
+        **ranges(WIDTH, "in_channels", "out_channels", "block_out_channels", "latent_channels", "norm_num_groups"),
+        **ranges(COUNT, "layers_per_block"),
+        **ranges(SIZE, "sample_size"),
+    }
 
     in_channels: int = 3
     out_channels: int = 3

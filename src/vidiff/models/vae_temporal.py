@@ -9,12 +9,13 @@ output (SVD's ``decode_chunk_size``).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import Config
+from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.frames import images_to_video, video_to_images
 from ..layers.resnet import Upsample2D
 from ..layers.temporal import SpatioTemporalResBlock, TemporalConv
@@ -29,6 +30,12 @@ class AutoencoderKLTemporalDecoderConfig(Config):
     ``scaling_factor`` multiplies encoder latents before diffusion (and divides them before
     decoding); ``force_upcast`` asks pipelines to run this VAE in float32.
     """
+
+    int_ranges: ClassVar = {
+        **ranges(WIDTH, "in_channels", "out_channels", "block_out_channels", "latent_channels"),
+        **ranges(COUNT, "layers_per_block"),
+        **ranges(SIZE, "sample_size"),
+    }
 
     in_channels: int = 3
     out_channels: int = 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +24,29 @@ def check_counts(**counts: Any) -> None:
             raise ValueError(f"`{name}` must be an integer ≥ 1, got {value!r}")
 
 
+def check_number(name: str, value: Any, minimum: float | None = None) -> None:
+    """``value`` must be a finite real number (not a bool), and at least ``minimum`` when given.
+
+    NaN or infinity would only surface as an all-NaN video after the whole run.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be ≥ {minimum}, got {value!r}")
+
+
+def check_finite(name: str, values: Any) -> None:
+    """A tensor or sequence of numbers (``sigmas``, ``latents``) must hold no NaN or infinity."""
+    try:
+        tensor = values if isinstance(values, torch.Tensor) else torch.as_tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return  # not numbers at all: the code that uses them says what it needs
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"`{name}` contains NaN or infinity; every value must be finite")
+
+
 def check_callback_inputs(tensor_inputs: Sequence[str], allowed: Sequence[str]) -> None:
     bad = sorted(set(tensor_inputs) - set(allowed))
     if bad:
@@ -34,6 +59,7 @@ def given_latents(latents: Any, shape: Sequence[int], device: torch.device, dtyp
         raise TypeError(f"`latents` must be a torch.Tensor [B, C, F, H/8, W/8], got {type(latents).__name__}")
     if tuple(latents.shape) != tuple(shape):
         raise ValueError(f"`latents` must have shape [B, C, F, H/8, W/8] = {list(shape)}, got {list(latents.shape)}")
+    check_finite("latents", latents)
     return latents.to(device=device, dtype=dtype)
 
 

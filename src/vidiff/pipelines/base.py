@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -70,6 +73,12 @@ class Pipeline:
         unknown = sorted(set(components) - set(cls.components))
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained got unknown argument(s) {unknown}; components are {sorted(cls.components)}")
+        cls._check_given_components(components)
+        if isinstance(name_or_path, str) and not name_or_path.strip():
+            raise ValueError(
+                f"{cls.__name__}.from_pretrained: `name_or_path` is empty; pass a checkpoint folder or a Hub id "
+                "(use \".\" for the current folder)"
+            )
         dtype = loading.pick_dtype(dtype, torch_dtype)
         checkpoint = loading.Checkpoint.open(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
@@ -93,6 +102,21 @@ class Pipeline:
             logger.info("loading %s (%s) from %s", name, component_class.__name__, checkpoint.name)
             loaded[name] = cls._load_component(component_class, checkpoint, name, dtype, variant, device)
         return cls(**loaded)
+
+    @classmethod
+    def _check_given_components(cls, components: Mapping[str, Any]) -> None:
+        """Components passed to ``from_pretrained`` must be instances of the classes that may fill their
+        slot (None only for optional ones): a wrong one is refused before anything is loaded."""
+        for name, component in components.items():
+            classes = tuple(cls.components[name].values())
+            if component is None and name in cls.optional_components:
+                continue
+            if not isinstance(component, classes):
+                accepted = sorted({c.__name__ for c in classes})
+                raise TypeError(
+                    f"{cls.__name__}.from_pretrained: `{name}` must be a {' or '.join(accepted)} (or left out, to "
+                    f"load it from the checkpoint); got {type(component).__name__}"
+                )
 
     @classmethod
     def _wants_component(cls, name: str, index: Mapping) -> bool:
@@ -129,9 +153,30 @@ class Pipeline:
         return component_class.from_checkpoint(checkpoint, name)
 
     def save_pretrained(self, directory: str | os.PathLike, *, variant: str | None = None) -> None:
-        """Write ``model_index.json`` and one subfolder per component, loadable by vidiff and diffusers."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write ``model_index.json`` and one subfolder per component, loadable by vidiff and diffusers.
+
+        The checkpoint is written whole into a hidden sibling folder, then moved into place, so a failure
+        leaves nothing half-written: a new folder does not appear (nor do parents made for it), an existing
+        one keeps its contents. Saving into an existing folder replaces the component subfolders and
+        ``model_index.json`` and keeps any other file there.
+        """
+        target = Path(os.path.abspath(directory))
+        if target.exists() and not target.is_dir():
+            raise NotADirectoryError(f"save_pretrained: {str(directory)!r} is a file; pass a folder (new or existing)")
+        made = _make_folders(target.parent)
+        staging = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+        try:
+            self._write_checkpoint(staging, variant)
+            _move_into_place(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if still empty
+            raise
+
+    def _write_checkpoint(self, directory: Path, variant: str | None) -> None:
+        directory.mkdir()
         index: dict[str, Any] = {"_class_name": type(self).__name__, "_vidiff_version": __version__}
         for name in self.components:
             component = getattr(self, name)
@@ -232,3 +277,28 @@ class Pipeline:
     def progress_bar(self, iterable: Iterable | None = None, total: int | None = None, **kwargs: Any) -> tqdm:
         config = {**kwargs, **self._progress_bar_config}
         return tqdm(iterable, total=total, **config)
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the ones made, outermost first."""
+    missing = [f for f in (folder, *folder.parents) if not f.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename a complete checkpoint folder onto ``target``; into an existing folder, entry by entry
+    (each component subfolder swapped whole, model_index.json last)."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == "model_index.json"):
+        destination = target / entry.name
+        if destination.is_dir() and not destination.is_symlink():
+            old = target / f".{entry.name}.old-{secrets.token_hex(4)}"
+            os.rename(destination, old)
+            os.rename(entry, destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(entry, destination)
+    staging.rmdir()

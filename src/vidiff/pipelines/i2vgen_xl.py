@@ -91,6 +91,7 @@ class I2VGenXLPipeline(TextVideoPipeline):
                 in [0, 1]) or tensor ``[3, H, W]``/``[N, 3, H, W]`` in [0, 1]. One image serves every
                 prompt; otherwise give one image per prompt (one prompt may also serve many images).
                 It is scaled to cover ``width × height`` and centre-cropped (aspect ratio kept).
+                uint16 arrays are accepted too; sizes and values are checked as for SVD.
             height, width: output size in pixels, multiples of 8 (704 × 1280; None: the UNet's
                 ``sample_size`` × 8).
             target_fps: frame rate the UNet is conditioned on (16); export at this rate.
@@ -207,8 +208,8 @@ class I2VGenXLPipeline(TextVideoPipeline):
 
 
 def _check_fps(target_fps: Any) -> None:
-    if isinstance(target_fps, bool) or not isinstance(target_fps, (int, float)) or not target_fps > 0:
-        raise ValueError(f"`target_fps` must be a positive number of frames per second (e.g. 16), got {target_fps!r}")
+    if isinstance(target_fps, bool) or not isinstance(target_fps, (int, float)) or not 0 < target_fps < float("inf"):
+        raise ValueError(f"`target_fps` must be a positive, finite number of frames per second (e.g. 16), got {target_fps!r}")
 
 
 def _pair_prompts_and_images(num_prompts: int, num_images: int) -> int:

@@ -77,7 +77,8 @@ class StableVideoDiffusionPipeline(Pipeline):
 
         Args:
             image: PIL image, list of PIL images (one video each), numpy ``[H, W, 3]``/``[N, H, W, 3]``
-                (uint8 or float in [0, 1]) or tensor ``[3, H, W]``/``[N, 3, H, W]`` in [0, 1].
+                (uint8, uint16 or float in [0, 1]) or tensor ``[3, H, W]``/``[N, 3, H, W]`` in [0, 1];
+                finite, each side ≥ 8 pixels, aspect ratio at most 1:64 (see ``frames.images_to_tensor``).
             height, width: output size in pixels, multiples of 8 (default 576 × 1024).
             num_frames: frames per video (default: the UNet's ``num_frames``, 25 for SVD-XT).
             num_inference_steps: denoising steps (25). ``sigmas``: custom noise levels instead.
@@ -103,7 +104,10 @@ class StableVideoDiffusionPipeline(Pipeline):
             height, width, num_frames, num_inference_steps, min_guidance_scale, max_guidance_scale,
             decode_chunk_size, num_videos_per_prompt, output_type, callback_on_step_end_tensor_inputs,
         )
-        pixels, pils = frames_io.images_to_tensor(image)  # [N, 3, H0, W0] in [0, 1]
+        _check_conditioning_numbers(fps, motion_bucket_id, noise_aug_strength, sigmas)
+        # [N, 3, H0, W0] in [0, 1], box-shrunk when huge (it only feeds CLIP's 224² input); the full-size
+        # PIL images (when given) are resized straight to the output size for the VAE.
+        pixels, pils = frames_io.images_to_tensor(image, max_pixels=frames_io.CLIP_SOURCE_MAX_PIXELS)
         batch_size = pixels.shape[0] * num_videos_per_prompt
         check_generator(generator, batch_size)
         device, dtype = self.device, self.image_encoder.dtype
@@ -192,9 +196,20 @@ class StableVideoDiffusionPipeline(Pipeline):
     def _check_arguments(height, width, num_frames, steps, min_scale, max_scale, chunk, videos, output_type, tensor_inputs) -> None:
         arguments.check_size(height, width, 8)
         arguments.check_counts(num_frames=num_frames, num_inference_steps=steps, decode_chunk_size=chunk, num_videos_per_prompt=videos)
+        arguments.check_number("min_guidance_scale", min_scale)
+        arguments.check_number("max_guidance_scale", max_scale)
         if min_scale < 0 or max_scale < 0:
             raise ValueError(f"guidance scales must be ≥ 0, got min_guidance_scale={min_scale}, max_guidance_scale={max_scale}")
         if min_scale > max_scale:
             raise ValueError(f"`min_guidance_scale` ({min_scale}) must not exceed `max_guidance_scale` ({max_scale})")
         frames_io.check_output_type(output_type)
         arguments.check_callback_inputs(tensor_inputs, CALLBACK_TENSOR_INPUTS)
+
+
+def _check_conditioning_numbers(fps: Any, motion_bucket_id: Any, noise_aug_strength: Any, sigmas: Any) -> None:
+    """The micro-conditioning numbers and custom ``sigmas`` must be finite (NaN gives a NaN video)."""
+    arguments.check_number("fps", fps)
+    arguments.check_number("motion_bucket_id", motion_bucket_id)
+    arguments.check_number("noise_aug_strength", noise_aug_strength)
+    if sigmas is not None:
+        arguments.check_finite("sigmas", sigmas)

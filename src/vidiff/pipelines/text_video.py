@@ -122,8 +122,8 @@ class TextVideoPipeline(Pipeline):
         arguments.check_counts(num_frames=num_frames, num_inference_steps=steps, num_videos_per_prompt=videos)
         if chunk is not None:
             arguments.check_counts(decode_chunk_size=chunk)
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a number ≥ 0 (≤ 1 turns guidance off), got {guidance_scale!r}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not 0 <= guidance_scale < float("inf"):
+            raise ValueError(f"`guidance_scale` must be a finite number ≥ 0 (≤ 1 turns guidance off), got {guidance_scale!r}")
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
             raise ValueError(f"`eta` must be in [0, 1] (0 = deterministic DDIM), got {eta!r}")
         frames_io.check_output_type(output_type)

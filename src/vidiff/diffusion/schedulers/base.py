@@ -22,6 +22,9 @@ from .. import sigmas as schedules
 S = TypeVar("S", bound="Scheduler")
 
 CONFIG_NAME = "scheduler_config.json"
+# Released models train on 1000 timesteps; the β/ᾱ tables are built at this length, so a typo like
+# 10**12 would allocate terabytes before failing.
+MAX_TRAIN_TIMESTEPS = 100_000
 
 
 def check_choice(owner: str, option: str, value: Any, valid: Iterable[Any]) -> None:
@@ -42,12 +45,13 @@ def check_training_options(config: Config, prediction_types: Sequence[str], min_
     check_choice(owner, "beta_schedule", config.beta_schedule, schedules.BETA_SCHEDULES)
     check_choice(owner, "prediction_type", config.prediction_type, prediction_types)
     check_choice(owner, "timestep_spacing", config.timestep_spacing, schedules.TIMESTEP_SPACINGS)
-    if not is_int(config.num_train_timesteps) or config.num_train_timesteps < min_train_timesteps:
+    count = config.num_train_timesteps
+    if not is_int(count) or not min_train_timesteps <= count <= MAX_TRAIN_TIMESTEPS:
         raise ValueError(
-            f"{owner}: num_train_timesteps must be an int ≥ {min_train_timesteps}, got {config.num_train_timesteps!r}"
+            f"{owner}: num_train_timesteps must be an int in [{min_train_timesteps}, {MAX_TRAIN_TIMESTEPS}], got {count!r}"
         )
-    if not is_int(config.steps_offset):
-        raise ValueError(f"{owner}: steps_offset must be an int, got {config.steps_offset!r}")
+    if not is_int(config.steps_offset) or abs(config.steps_offset) > MAX_TRAIN_TIMESTEPS:
+        raise ValueError(f"{owner}: steps_offset must be an int in [-{MAX_TRAIN_TIMESTEPS}, {MAX_TRAIN_TIMESTEPS}], got {config.steps_offset!r}")
 
 
 def check_sigma_options(config: Config) -> None:
