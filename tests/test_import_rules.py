@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vidiff"
-LEAVES = {"config", "loading", "weight_files", "media", "image_loading", "image_processing", "tokenizer"}
+LEAVES = {"config", "loading", "strict_loading", "weight_files", "media", "image_loading", "image_processing", "tokenizer"}
 # The one module allowed to import transformers (its tokenizers); no module may import diffusers.
 TRANSFORMERS_IMPORTER = PACKAGE / "tokenizer.py"
 # Which top-level parts of vidiff each part may import (besides the leaves).

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +25,10 @@ from huggingface_hub.utils import (
     RevisionNotFoundError,
     validate_repo_id,
 )
-from torch import nn
 
 from . import weight_files
 from .config import RawConfig
+from .strict_loading import check_dtype, load_state_dict_strict, summarize_keys
 from .weight_files import save_component, write_json
 
 __all__ = [
@@ -74,11 +72,8 @@ class CheckpointNotCachedError(CheckpointNotFoundError):
 
 def pick_dtype(dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -> torch.dtype | None:
     """Merge ``dtype`` with its diffusers alias ``torch_dtype``; ``None`` means keep the stored dtype."""
-    for argument, value in (("dtype", dtype), ("torch_dtype", torch_dtype)):
-        if value is not None and not isinstance(value, torch.dtype):
-            raise TypeError(f"{argument} must be a torch.dtype such as torch.float16, got {value!r}")
-        if value is not None and not value.is_floating_point:
-            raise ValueError(f"{argument} must be a floating-point dtype (weights are cast to it), got {value}")
+    check_dtype(dtype, "dtype")
+    check_dtype(torch_dtype, "torch_dtype")
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
         raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass only dtype")
     return dtype if dtype is not None else torch_dtype
@@ -308,7 +303,7 @@ class Checkpoint:
             part = weight_files.read(self.local_path(relpath))
             repeated = state.keys() & part.keys()
             if repeated:
-                raise ValueError(f"{relpath} repeats tensors of an earlier shard: {_summary(sorted(repeated))}")
+                raise ValueError(f"{relpath} repeats tensors of an earlier shard: {summarize_keys(sorted(repeated))}")
             state.update(part)
         return state
 
@@ -350,90 +345,3 @@ def _cached_snapshot(cache: Path, repo_id: str, revision: str | None) -> Path | 
     commit = ref.read_text().strip() if ref.is_file() else revision
     snapshot = repo_folder / "snapshots" / commit
     return snapshot if snapshot.is_dir() else None
-
-
-def _summary(keys: Sequence[str], limit: int = 5) -> str:
-    # A corrupt or foreign file can hold thousands of keys (or absurdly long ones): quote a few, count the rest.
-    shown = ", ".join(k if len(k) <= 120 else k[:119] + "…" for k in keys[:limit])
-    return f"{shown} … and {len(keys) - limit} more" if len(keys) > limit else shown
-
-
-def load_state_dict_strict(
-    model: nn.Module,
-    state: Mapping[str, torch.Tensor],
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-    ignore_unexpected: Sequence[str] = (),
-    source: str | None = None,
-) -> None:
-    """Load ``state`` into a model built on the ``meta`` device; every key must match exactly.
-
-    Missing keys, unexpected keys (except those matching a regex of ``ignore_unexpected``, searched
-    anywhere in the key), shape mismatches and integer tensors where the model has floating-point
-    ones are reported together in one ``ValueError``, which names ``source`` (the weights file). Tensors are
-    assigned, not copied, so no second copy of the weights is allocated; floating-point tensors are cast
-    to ``dtype`` if given (integer buffers keep theirs) and everything goes to ``device`` (default CPU).
-    """
-    dtype = pick_dtype(dtype, None)
-    try:
-        target = torch.device("cpu" if device is None else device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from error
-    expected = model.state_dict()
-    problems = _mismatches(type(model).__name__, expected, state, ignore_unexpected)
-    if problems:
-        raise ValueError(f"{source or 'The checkpoint'} does not match {problems}")
-    placed = {}
-    for key in expected:
-        tensor = state[key]
-        cast = dtype if dtype is not None and tensor.is_floating_point() else None
-        placed[key] = tensor.to(device=target, dtype=cast)
-    try:
-        model.load_state_dict(placed, strict=True, assign=True)
-    except RuntimeError as error:  # torch lists every parameter it refused: keep its first line only
-        first = str(error).strip().splitlines()[-1][:300]
-        raise ValueError(f"{source or 'The checkpoint'} cannot be loaded into {type(model).__name__}: {first}") from error
-    left = [name for name, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
-    if left:
-        raise ValueError(
-            f"{type(model).__name__} still has tensors on the meta device after loading: {_summary(left)}. "
-            "Non-persistent buffers are not in checkpoints; make them persistent or compute them in forward."
-        )
-
-
-def _mismatches(
-    model_name: str, expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], ignore: Sequence[str]
-) -> str:
-    """One message listing every way ``state`` disagrees with the model's state dict ("" if none)."""
-    patterns = [re.compile(p) for p in ignore]
-    missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected and not any(p.search(k) for p in patterns))
-    not_tensors = sorted(k for k in expected if k in state and not isinstance(state[k], torch.Tensor))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape
-    )
-    # Integer weights cannot be assigned to floating-point parameters (nor cast: they are not weights).
-    not_floating = sorted(
-        k for k in expected
-        if k in state and isinstance(state[k], torch.Tensor)
-        and expected[k].is_floating_point() and not state[k].is_floating_point()
-    )
-    dtypes = ", ".join(sorted({str(state[k].dtype).removeprefix("torch.") for k in not_floating}))
-    parts = [
-        f"{label} ({len(keys)}): {_summary(keys)}"
-        for label, keys in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("wrongly shaped keys", shapes),
-            ("values that are not tensors", not_tensors),
-            (f"weights stored as {dtypes}, expected floating point", not_floating),
-        )
-        if keys
-    ]
-    if not parts:
-        return ""
-    return f"{model_name}: " + "; ".join(parts)
-
