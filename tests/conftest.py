@@ -7,6 +7,15 @@ import pytest
 from tests.svd_checkpoint import save_tiny_svd
 
 
+@pytest.fixture
+def work(tmp_path):
+    """A folder for a CLI run holding ``img.png``, an 80 × 56 random picture."""
+    from tests.svd_checkpoint import random_image
+
+    random_image(80, 56).save(tmp_path / "img.png")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tiny_svd(tmp_path_factory):
     """(folder, diffusers pipeline): a tiny random SVD checkpoint saved by diffusers, and the oracle itself."""

@@ -41,12 +41,6 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture
-def work(tmp_path) -> Path:
-    random_image(80, 56).save(tmp_path / "img.png")
-    return tmp_path
-
-
 def read_mp4(path: Path) -> tuple[np.ndarray, float]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -223,7 +217,11 @@ def test_debug_shows_the_traceback(work):
     assert result.returncode == 1 and "Traceback" in result.stderr
 
 
-def test_ctrl_c_leaves_no_partial_output(tiny_svd, work):
+@pytest.mark.parametrize("signal_number, status, message", [
+    (signal.SIGINT, 130, "vidiff: interrupted; no partial output was left behind"),
+    (signal.SIGTERM, 143, "vidiff: terminated (SIGTERM); no partial output was left behind"),
+])
+def test_ctrl_c_and_sigterm_leave_no_partial_output(tiny_svd, work, signal_number, status, message):
     process = subprocess.Popen(
         [sys.executable, "-m", "vidiff", "svd", "img.png", "--model", str(tiny_svd[0]), "--height", "32", "--width", "48",
          "--num-frames", "3", "--steps", "2000", "-o", "clip.mp4", "-o", "frames"],
@@ -232,9 +230,9 @@ def test_ctrl_c_leaves_no_partial_output(tiny_svd, work):
     for line in process.stderr:  # wait until denoising has started
         if "generating" in line:
             break
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal_number)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and "interrupted" in stderr
+    assert process.returncode == status and stderr.splitlines() == [message], stderr
     assert sorted(p.name for p in work.iterdir()) == ["img.png"]
 
 
