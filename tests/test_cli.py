@@ -164,6 +164,7 @@ BAD = {
     "unknown scheduler": (["svd", "img.png", "--scheduler", "ddpm", "--model", MODEL], 2, "invalid choice: 'ddpm'"),
     "unknown scheduler option": (["svd", "img.png", "--scheduler-config", "bogus=1", "--model", MODEL], 2, "unknown option(s) ['bogus']"),
     "bad scheduler option value": (["svd", "img.png", "--scheduler-config", "timestep_spacing=weird", "--model", MODEL], 2, "timestep_spacing"),
+    "infinite scheduler option": (["svd", "img.png", "--scheduler-config", "sigma_max=Infinity", "--model", MODEL], 2, "sigma_max=Infinity is not valid: expected a finite number"),
     "unknown flag": (["svd", "img.png", "--frames", "3", "--model", MODEL], 2, "unrecognized arguments: --frames"),
     "no command": ([], 2, "choose a command"),
     "absent device": (["svd", "img.png", "--device", ABSENT_DEVICE, "--model", MODEL], 2, f"--device {ABSENT_DEVICE}"),

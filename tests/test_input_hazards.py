@@ -271,10 +271,11 @@ def test_wrongly_typed_component_is_a_type_error_before_loading(tmp_path):
 
 @pytest.mark.parametrize("name", ["", "   "])
 def test_empty_checkpoint_name_is_an_error(name):
-    from vidiff import StableVideoDiffusionPipeline
+    from vidiff import DDIMScheduler, MotionAdapter, StableVideoDiffusionPipeline, UNet2DConditionModel
 
-    with pytest.raises(ValueError, match="name_or_path"):
-        StableVideoDiffusionPipeline.from_pretrained(name)
+    for loader in (StableVideoDiffusionPipeline, MotionAdapter, UNet2DConditionModel, DDIMScheduler):
+        with pytest.raises(ValueError, match="name_or_path"):
+            loader.from_pretrained(name)
 
 
 def _failing_save(directory, **kwargs):

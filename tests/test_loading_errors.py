@@ -261,3 +261,19 @@ def test_cli_motion_adapter_failures_name_the_adapter(tiny_animatediff, tmp_path
     line = one_error_line(vidiff(*args, "--motion-adapter", adapter, cwd=tmp_path))
     assert "cannot load --motion-adapter" in line and "motion_num_attention_heads=0" in line, line
     assert str(adapter / "config.json") in line
+
+
+@pytest.mark.parametrize("cls_name, option", [
+    ("EulerDiscreteScheduler", {"sigma_max": float("inf")}),
+    ("DDIMScheduler", {"beta_end": float("nan")}),
+    ("DPMSolverMultistepScheduler", {"lambda_min_clipped": float("nan")}),
+])
+def test_non_finite_numbers_are_refused_where_no_default_is_infinite(cls_name, option):
+    """A NaN or infinite option would only ever give a NaN video; infinity stays valid where the
+    option's own default is infinite (DPM-Solver's lambda_min_clipped = -inf)."""
+    import vidiff
+
+    cls = getattr(vidiff, cls_name)
+    with pytest.raises(ValueError, match=f"{next(iter(option))}=.*finite number"):
+        cls.from_config({}, **option)
+    assert vidiff.DPMSolverMultistepScheduler.from_config({}, lambda_min_clipped=float("-inf")).config.lambda_min_clipped == float("-inf")

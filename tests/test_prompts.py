@@ -284,3 +284,12 @@ def test_tokenizer_prefers_vocab_and_merges_and_reports_missing_files(tmp_path):
     (tmp_path / "empty" / "tokenizer").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"vocab\.json \+ merges\.txt or tokenizer\.json"):
         CLIPTokenizer.from_pretrained(tmp_path / "empty")
+
+
+def test_the_truncation_warning_of_a_huge_prompt_stays_short(text_stack, caplog):
+    tokenizer, encoder, _ = text_stack
+    essay = " ".join(["zebra quilt marmalade"] * 2000)  # ~42,000 characters
+    with caplog.at_level(logging.WARNING, logger="vidiff"):
+        _ours(tokenizer, encoder, essay)
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "vidiff.pipelines.prompts"]
+    assert "zebra quilt marmalade" in message and "more characters" in message and len(message) < 500

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -133,6 +134,10 @@ class Config:
         hint = _field_types(cls)[name]
         if not _matches(value, hint):
             return f"{name}={_quote(value)} is not valid: expected {_describe(hint)}"
+        if not all(math.isfinite(v) or _infinite_default(cls, name) and not math.isnan(v) for v in _floats_in(value)):
+            # NaN is never a setting; infinity only where the option's own default is infinite
+            # (e.g. DPM-Solver's lambda_min_clipped = -inf, "no clipping").
+            return f"{name}={_quote(value)} is not valid: expected a finite number"
         if name in cls.int_ranges:
             low, high = cls.int_ranges[name]
             outside = [v for v in _ints_in(value) if not low <= v <= high]
@@ -243,6 +248,19 @@ def _ints_in(value: Any) -> list[int]:
     if isinstance(value, tuple):
         return [i for v in value for i in _ints_in(v)]
     return []
+
+
+def _floats_in(value: Any) -> list[float]:
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, tuple):
+        return [f for v in value for f in _floats_in(v)]
+    return []
+
+
+def _infinite_default(cls: type[Config], name: str) -> bool:
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    return isinstance(default, float) and math.isinf(default)
 
 
 def _quote(value: Any) -> str:

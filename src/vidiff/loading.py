@@ -178,6 +178,8 @@ class Checkpoint:
         if revision is not None and not isinstance(revision, str):
             raise TypeError(f"revision must be a branch, tag or commit str, got {revision!r}")
         name = os.fspath(name_or_path)
+        if not name.strip():  # Path("") is the current folder: never what an empty argument meant
+            raise ValueError('`name_or_path` is empty; pass a checkpoint folder or a Hub id (use "." for the current folder)')
         path = Path(name).expanduser()
         if path.is_dir():
             logger.debug("%s: a local folder", name)

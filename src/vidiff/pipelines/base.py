@@ -74,11 +74,6 @@ class Pipeline:
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained got unknown argument(s) {unknown}; components are {sorted(cls.components)}")
         cls._check_given_components(components)
-        if isinstance(name_or_path, str) and not name_or_path.strip():
-            raise ValueError(
-                f"{cls.__name__}.from_pretrained: `name_or_path` is empty; pass a checkpoint folder or a Hub id "
-                "(use \".\" for the current folder)"
-            )
         dtype = loading.pick_dtype(dtype, torch_dtype)
         checkpoint = loading.Checkpoint.open(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only

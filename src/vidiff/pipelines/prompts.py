@@ -105,12 +105,17 @@ def negative_prompt_list(
     return negatives
 
 
+def _shortened(text: str, limit: int = 200) -> str:
+    # A pasted essay as the prompt must not make the warning thousands of characters long.
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 def _warn_if_truncated(tokenizer: CLIPTokenizer, prompts: list[str], max_length: int, argument: str) -> None:
     """Log the text that truncation to ``max_length`` tokens drops from each too-long prompt."""
     full_ids = tokenizer(prompts, padding=False, truncation=False).input_ids  # one list per prompt
     dropped = [
         # Truncation keeps max_length - 1 tokens and the end token; the rest, minus the end token, is lost.
-        tokenizer.decode(ids[max_length - 1 : -1])
+        _shortened(tokenizer.decode(ids[max_length - 1 : -1]))
         for ids in full_ids
         if len(ids) > max_length
     ]
