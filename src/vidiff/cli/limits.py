@@ -9,13 +9,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from .. import loading
-from ..models.motion_adapter import MotionAdapter
 from ..pipelines import memory
 from .commands import Command
 from .errors import UsageError
@@ -66,14 +64,14 @@ def check_gif_rate(command: Command, targets: list[Target], fps: float) -> None:
 
 # ------------------------------------------------------------------------------ size and memory
 def check_fits(
-    command: Command, settings: dict[str, Any], checkpoint: loading.Checkpoint, needs_adapter: bool,
+    command: Command, settings: dict[str, Any], networks: Mapping[str, tuple[type, Mapping[str, Any]]],
     device: torch.device, dtype: torch.dtype,
 ) -> None:
     """Refuse sizes below the model's minimum, and runs whose estimated memory clearly exceeds the
-    device's. Configs that cannot be read are left to the loader to report."""
+    device's. ``networks``: what will load (:func:`memory.network_configs`, plus any motion adapter).
+    Networks that cannot be built are left to the loader to report."""
     try:
-        configs, parameters = memory.read_networks(command.pipeline, checkpoint)
-        parameters += _adapter_parameters(settings) if needs_adapter else 0
+        configs, parameters = memory.count_networks(networks)
         size = run_size(command, settings, configs, dtype)
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.debug("no memory estimate: %s", error)
@@ -119,11 +117,6 @@ def run_size(command: Command, settings: dict[str, Any], configs: dict[str, dict
         guidance=scale > 1,  # every pipeline here skips the unconditional branch at scale ≤ 1
         decode_chunk_size=chunk,
     )
-
-
-def _adapter_parameters(settings: dict[str, Any]) -> int:
-    adapter = loading.Checkpoint.open(settings["motion_adapter"], local_files_only=settings.get("offline") or None)
-    return memory.count_parameters(MotionAdapter, adapter.read_json("config.json"))
 
 
 def _what_fits(fits: Callable[[memory.RunSize], bool], size: memory.RunSize) -> str:

@@ -16,6 +16,7 @@ import torch
 from .. import __version__, loading
 from ..models.base import PretrainedModel
 from ..models.motion_adapter import MotionAdapter, MotionAdapterConfig
+from ..pipelines import memory
 from . import limits, outputs, settings as run_settings
 from .commands import ANIMATEDIFF_EXPORT_FPS, Command, scheduler_choices
 from .errors import RunError, UsageError
@@ -40,10 +41,10 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     limits.check_writable(targets)
     limits.check_gif_rate(command, targets, _export_fps(command, settings))
     device = run_settings.pick_device(settings["device"])
-    checkpoint, needs_adapter = _check_model(command, settings)
+    networks, needs_adapter = _check_model(command, settings)
     dtype = run_settings.pick_dtype(settings["dtype"], device)
     variant = run_settings.pick_variant(settings["variant"], dtype)
-    limits.check_fits(command, settings, checkpoint, needs_adapter, device, dtype)
+    limits.check_fits(command, settings, networks, device, dtype)
     logger.info("device %s, dtype %s%s", device, str(dtype).removeprefix("torch."), f", {variant} weights" if variant else "")
 
     pipe = _load(command, settings, dtype, variant, device, needs_adapter)
@@ -84,10 +85,12 @@ def _warn_if_image_changed(image: str, recorded: dict[str, Any]) -> None:
         logger.warning("IMAGE %s is not the file the recorded run used (its SHA-256 differs): the video will differ", image)
 
 
-def _check_model(command: Command, settings: dict[str, Any]) -> tuple[loading.Checkpoint, bool]:
-    """Open the checkpoint (a folder, the cache or the Hub) and read its model_index.json before any
-    weights load, so a wrong ``--model`` fails fast. Returns it, and whether a motion adapter must be
-    loaded: a Stable Diffusion checkpoint needs one, a saved AnimateDiff pipeline already holds its modules."""
+def _check_model(command: Command, settings: dict[str, Any]) -> tuple[dict[str, tuple[type, dict[str, Any]]], bool]:
+    """Open the checkpoint (a folder, the cache or the Hub), read its model_index.json and check each
+    network's config before any weights load, so a wrong ``--model`` (or ``--motion-adapter``) fails
+    fast. Returns the networks to load (:func:`memory.network_configs`, the motion adapter included
+    when one is needed), and whether a motion adapter must be loaded: a Stable Diffusion checkpoint
+    needs one, a saved AnimateDiff pipeline already holds its modules."""
     model = settings["model"]
     try:
         checkpoint = loading.Checkpoint.open(model, revision=settings.get("revision"), local_files_only=settings.get("offline") or None)
@@ -100,34 +103,32 @@ def _check_model(command: Command, settings: dict[str, Any]) -> tuple[loading.Ch
     except (OSError, ValueError) as error:
         raise RunError(f"--model {model!r} cannot be read: {error}") from None
     try:
-        _check_configs(command, checkpoint, index)
+        networks = memory.network_configs(command.pipeline, checkpoint, index)
+        _check_configs(networks)
     except (OSError, ValueError) as error:
         raise RunError(f"cannot load --model {model!r}: {error}") from None
     needs_adapter = bool(command.default_motion_adapter) and (index.get("unet") or [None, None])[1] != "UNetMotionModel"
     if needs_adapter:
-        _check_adapter(command, settings)
-    return checkpoint, needs_adapter
+        networks["motion_adapter"] = (MotionAdapter, _check_adapter(command, settings))
+    return networks, needs_adapter
 
 
-def _check_configs(command: Command, checkpoint: loading.Checkpoint, index: dict[str, Any]) -> None:
+def _check_configs(networks: dict[str, tuple[type, dict[str, Any]]]) -> None:
     """Build each network's typed config from its config.json (no weights), so a wrong value fails
     now, naming the file and key, not deep inside loading or as a usage error after it."""
-    pipeline = command.pipeline
-    for name, classes in pipeline.components.items():
-        entry = index.get(name)
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not pipeline._wants_component(name, index):
-            continue  # a missing component is the loader's to report
-        component = classes.get(entry[1])
-        if isinstance(component, type) and issubclass(component, PretrainedModel):
-            component.config_class.from_diffusers(checkpoint.read_json(loading.join(name, "config.json")))
+    for model_class, config in networks.values():
+        if issubclass(model_class, PretrainedModel):
+            model_class.config_class.from_diffusers(config)
 
 
-def _check_adapter(command: Command, settings: dict[str, Any]) -> None:
-    """Open --motion-adapter and check its config.json before anything loads, like --model."""
+def _check_adapter(command: Command, settings: dict[str, Any]) -> dict[str, Any]:
+    """Open --motion-adapter and check its config.json before anything loads, like --model; returns it."""
     adapter = settings["motion_adapter"]
     try:
         checkpoint = loading.Checkpoint.open(adapter, local_files_only=settings.get("offline") or None)
-        MotionAdapterConfig.from_diffusers(checkpoint.read_json("config.json"))
+        config = checkpoint.read_json("config.json")
+        MotionAdapterConfig.from_diffusers(config)
+        return config
     except loading.CheckpointNotCachedError as error:
         default = adapter == command.default_motion_adapter
         what = f"the default motion adapter {adapter!r} (no --motion-adapter given)" if default else f"--motion-adapter {adapter!r}"

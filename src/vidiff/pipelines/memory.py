@@ -165,11 +165,14 @@ def count_parameters(model_class: type, config: Mapping[str, Any]) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def read_networks(pipeline_class: type, checkpoint: loading.Checkpoint) -> tuple[dict[str, dict[str, Any]], int]:
-    """The config.json of each network ``pipeline_class`` would load from ``checkpoint`` (keyed by
-    component: ``unet``, ``vae``, encoders…) and their parameter count in all. Reads JSON only."""
-    index = checkpoint.read_json("model_index.json")
-    configs, parameters = {}, 0
+def network_configs(
+    pipeline_class: type, checkpoint: loading.Checkpoint, index: Mapping[str, Any] | None = None
+) -> dict[str, tuple[type, dict[str, Any]]]:
+    """``{component: (model class, its config.json)}`` for each network ``pipeline_class`` would load
+    from ``checkpoint`` (``unet``, ``vae``, encoders…), given its model_index.json ``index`` (read if
+    None). Reads JSON only."""
+    index = checkpoint.read_json("model_index.json") if index is None else index
+    networks = {}
     for name, classes in pipeline_class.components.items():
         entry = index.get(name)
         if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not pipeline_class._wants_component(name, index):
@@ -177,9 +180,20 @@ def read_networks(pipeline_class: type, checkpoint: loading.Checkpoint) -> tuple
         model_class = classes.get(entry[1])
         if not (isinstance(model_class, type) and issubclass(model_class, torch.nn.Module)):
             continue  # schedulers, tokenizers, image processors: no weights to speak of
-        configs[name] = checkpoint.read_json(loading.join(name, "config.json"))
-        parameters += count_parameters(model_class, configs[name])
-    return configs, parameters
+        networks[name] = (model_class, checkpoint.read_json(loading.join(name, "config.json")))
+    return networks
+
+
+def count_networks(networks: Mapping[str, tuple[type, Mapping[str, Any]]]) -> tuple[dict[str, Mapping[str, Any]], int]:
+    """The configs of :func:`network_configs`' ``networks`` by component, and their parameters in all."""
+    configs = {name: config for name, (_, config) in networks.items()}
+    return configs, sum(count_parameters(model_class, config) for model_class, config in networks.values())
+
+
+def read_networks(pipeline_class: type, checkpoint: loading.Checkpoint) -> tuple[dict[str, Mapping[str, Any]], int]:
+    """The config.json of each network ``pipeline_class`` would load from ``checkpoint`` (keyed by
+    component) and their parameter count in all. Reads JSON only."""
+    return count_networks(network_configs(pipeline_class, checkpoint))
 
 
 def available_memory(device: torch.device | str) -> int:
