@@ -11,7 +11,8 @@ from torch import Tensor
 from tests.helpers import max_abs_diff
 from vidiff.diffusion.guidance import ClassifierFreeGuidance, NoGuidance
 from vidiff.diffusion.loop import SamplingPlan, sample
-from vidiff.diffusion.steppers import NoiseSource, generator_noise
+from vidiff.diffusion import noise as noise_sources
+from vidiff.diffusion.noise import NoiseSource
 
 SHAPE = (2, 4, 3, 4, 5)  # [B, C, F, H, W]
 
@@ -44,7 +45,7 @@ def initial_noise(dtype: torch.dtype = torch.float32) -> Tensor:
 
 def seeded_noise(seed: int, dtype: torch.dtype = torch.float32) -> NoiseSource:
     """vidiff's step-noise source drawing from a CPU generator seeded with ``seed``."""
-    return generator_noise(torch.Generator().manual_seed(seed), torch.device("cpu"), dtype)
+    return noise_sources.seeded_noise(torch.Generator().manual_seed(seed), torch.device("cpu"), dtype)
 
 
 def diffusers_loop(
@@ -61,13 +62,15 @@ def diffusers_loop(
     network = FakeNetwork()
     latents = initial_noise(dtype) * scheduler.init_noise_sigma
     inputs = {k: torch.cat([uncond[k], cond[k]]) for k in cond} if scale else cond
+    if generator is not None:  # PNDM's step takes no generator
+        step_kwargs = {**step_kwargs, "generator": generator}
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if scale else latents, t)
         output = network(model_input, t, inputs)
         if scale:
             output_uncond, output_cond = output.chunk(2)
             output = output_uncond + scale * (output_cond - output_uncond)
-        latents = scheduler.step(output, t, latents, generator=generator, **step_kwargs).prev_sample
+        latents = scheduler.step(output, t, latents, **step_kwargs).prev_sample
     return latents
 
 

@@ -239,7 +239,7 @@ def test_ctrl_c_and_sigterm_leave_no_partial_output(tiny_svd, work, signal_numbe
 
 # ------------------------------------------------------------------------------------------ demo
 def test_demo_writes_an_mp4_and_a_gif_per_pipeline(tmp_path):
-    from vidiff.demo_checkpoints import DEMO_CALLS
+    from vidiff.demo.checkpoints import DEMO_CALLS
 
     env = {"VIDIFF_HOME": str(tmp_path / "home")}
     result = ok(vidiff("demo", cwd=tmp_path, env=env))

@@ -18,7 +18,7 @@ import torch
 
 import vidiff
 from tests.helpers import max_abs_diff
-from vidiff import demo_checkpoints as demo
+from vidiff.demo import checkpoints as demo
 
 PROMPT = "a rocket flying into space"
 TOLERANCE = 1e-4

@@ -12,7 +12,7 @@ import torch
 from tests.helpers import max_abs_diff
 from vidiff.diffusion.guidance import ClassifierFreeGuidance, FrameRampGuidance, NoGuidance
 from vidiff.diffusion.loop import SamplingPlan, sample
-from vidiff.diffusion.schedulers import EulerDiscreteScheduler
+from vidiff.schedulers import EulerDiscreteScheduler
 
 SVD_XT = json.loads((Path(__file__).parent / "configs" / "svd_xt_scheduler.json").read_text())
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1,

@@ -139,7 +139,7 @@ def test_bin_is_read_with_weights_only_and_safetensors_win(tmp_path):
     state, other = tiny_state(), tiny_state(seed=1)
     folder = tmp_path / "text_encoder"
     folder.mkdir()
-    torch.save(state, folder / "model.bin")
+    torch.save(state, folder / "pytorch_model.bin")  # transformers' pickle name beside model.safetensors
     checkpoint = Checkpoint.open(tmp_path)
     assert_same(checkpoint.load_state_dict("text_encoder", weights_name="model"), state)
     loading.save_component(folder, {}, other, weights_name="model")
@@ -477,7 +477,7 @@ def test_read_json_errors_name_the_file(tmp_path):
 
 
 def test_pick_dtype():
-    assert loading.pick_dtype(None, None) is None
+    assert loading.pick_dtype(None, None) is torch.float32  # as diffusers: float32 unless asked otherwise
     assert loading.pick_dtype(torch.float16, None) is torch.float16
     assert loading.pick_dtype(None, torch.bfloat16) is torch.bfloat16
     assert loading.pick_dtype(torch.float16, torch.float16) is torch.float16

@@ -260,7 +260,10 @@ def test_fp16_variant_round_trip_with_diffusers(pair, tmp_path):
     oracle, _ = pair
     half = copy.deepcopy(oracle).half()
     half.save_pretrained(tmp_path / "diffusers", variant="fp16")
-    ours = AutoencoderKL.from_pretrained(tmp_path / "diffusers", variant="fp16")
+    # Without dtype both libraries upcast the fp16 files to float32; dtype=float16 keeps them half.
+    assert AutoencoderKL.from_pretrained(tmp_path / "diffusers", variant="fp16").dtype == torch.float32
+    assert OracleVAE.from_pretrained(tmp_path / "diffusers", variant="fp16").dtype == torch.float32
+    ours = AutoencoderKL.from_pretrained(tmp_path / "diffusers", variant="fp16", dtype=torch.float16)
     assert ours.dtype == torch.float16
     ours.save_pretrained(tmp_path / "vidiff", variant="fp16")
     assert (tmp_path / "vidiff" / "diffusion_pytorch_model.fp16.safetensors").is_file()

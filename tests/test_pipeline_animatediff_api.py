@@ -73,14 +73,17 @@ def test_sd15_layout_never_reads_unused_components(tiny_animatediff):
     assert not hasattr(pipe, "safety_checker") and not hasattr(pipe, "feature_extractor")
 
 
-def test_sd15_scheduler_without_vidiff_class_falls_back_to_ddim(tiny_animatediff, caplog):
+def test_sd15_repository_scheduler_loads_as_pndm(tiny_animatediff, caplog):
+    """An SD 1.5 repository's PNDMScheduler is loaded as such (no substitution, no warning)."""
+    from vidiff import PNDMScheduler
+
     root = tiny_animatediff[0]
     adapter = MotionAdapter.from_pretrained(root / "motion_adapter")
     with caplog.at_level(logging.WARNING):
         pipe = AnimateDiffPipeline.from_pretrained(root / "sd15", motion_adapter=adapter)
-    assert isinstance(pipe.scheduler, DDIMScheduler)
-    assert "PNDMScheduler" in caplog.text
-    assert pipe.scheduler.config.steps_offset == 1  # the repository's schedule was read
+    assert isinstance(pipe.scheduler, PNDMScheduler)
+    assert "PNDMScheduler" not in caplog.text
+    assert pipe.scheduler.config.steps_offset == 1 and pipe.scheduler.config.skip_prk_steps  # the repository's schedule
 
 
 def test_sd15_unet_without_motion_adapter_is_a_clear_error(tiny_animatediff):
@@ -173,15 +176,16 @@ def test_long_prompt_warns_with_the_dropped_text(pipe, caplog):
     assert "truncated" in caplog.text and "zebra tail" in caplog.text.lower()
 
 
-def test_eta_with_another_scheduler_warns(pipe, caplog):
+def test_eta_with_another_scheduler_is_refused_by_name(pipe):
+    """η > 0 asks for something Euler cannot do: a ValueError naming the option, not a silent ignore."""
     from vidiff import EulerDiscreteScheduler
 
     euler = AnimateDiffPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
                                 scheduler=EulerDiscreteScheduler.from_config(pipe.scheduler.config))
     euler.set_progress_bar_config(disable=True)
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(ValueError, match="EulerDiscreteScheduler cannot honour `eta`"):
         euler(**dict(BASE, prompt=PROMPT, num_inference_steps=1, eta=0.5))
-    assert "eta" in caplog.text
+    euler(**dict(BASE, prompt=PROMPT, num_inference_steps=1, eta=0.0))  # the default η suits every scheduler
 
 
 BAD_INPUTS = bad_inputs.COMMON + bad_inputs.TEXT + [

@@ -13,7 +13,7 @@ import torch
 
 from tests.helpers import max_abs_diff
 from tests.scheduler_checks import public_options, set_up_both
-from vidiff.diffusion.schedulers import EulerDiscreteConfig, EulerDiscreteScheduler
+from vidiff.schedulers import EulerDiscreteConfig, EulerDiscreteScheduler
 
 CONFIGS = Path(__file__).parent / "configs"
 SVD_XT = json.loads((CONFIGS / "svd_xt_scheduler.json").read_text())

@@ -24,7 +24,7 @@ from tests.scheduler_checks import (
     vidiff_loop,
 )
 from vidiff.diffusion.loop import sample
-from vidiff.diffusion.schedulers import DDIMConfig, DDIMScheduler, EulerDiscreteScheduler
+from vidiff.schedulers import DDIMConfig, DDIMScheduler, EulerDiscreteScheduler
 
 CONFIGS = Path(__file__).parent / "configs"
 I2VGEN_XL = json.loads((CONFIGS / "i2vgenxl_scheduler.json").read_text())

@@ -22,7 +22,7 @@ from tests.scheduler_checks import (
     vidiff_loop,
 )
 from vidiff.diffusion.loop import sample
-from vidiff.diffusion.schedulers import (
+from vidiff.schedulers import (
     EulerAncestralDiscreteConfig,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,

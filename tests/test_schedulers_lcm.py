@@ -21,7 +21,7 @@ from tests.scheduler_checks import (
     vidiff_loop,
 )
 from vidiff.diffusion.loop import sample
-from vidiff.diffusion.schedulers import DDIMScheduler, LCMConfig, LCMScheduler
+from vidiff.schedulers import DDIMScheduler, LCMConfig, LCMScheduler
 
 CONFIGS = Path(__file__).parent / "configs"
 ANIMATEDIFF = json.loads((CONFIGS / "animatediff_scheduler.json").read_text())

@@ -1,5 +1,5 @@
-"""The tiny CLIP tokenizer the tests use; it lives in :mod:`vidiff.tiny_tokenizer` (the demo builds with it too)."""
+"""The tiny CLIP tokenizer the tests use; it lives in :mod:`vidiff.demo.tokenizer` (the demo builds with it too)."""
 
-from vidiff.tiny_tokenizer import END_TOKEN, MERGES, START_TOKEN, byte_symbols, tiny_clip_vocab, write_tiny_clip_tokenizer
+from vidiff.demo.tokenizer import END_TOKEN, MERGES, START_TOKEN, byte_symbols, tiny_clip_vocab, write_tiny_clip_tokenizer
 
 __all__ = ["END_TOKEN", "MERGES", "START_TOKEN", "byte_symbols", "tiny_clip_vocab", "write_tiny_clip_tokenizer"]

@@ -8,12 +8,13 @@ Public API::
 
 __version__ = "0.1.0"
 
-from .diffusion.schedulers import (
+from .schedulers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LCMScheduler,
+    PNDMScheduler,
 )
 from .image_processing import CLIPImageProcessor
 from .media import export_to_gif, export_to_video, load_image, load_video
@@ -47,6 +48,7 @@ __all__ = [
     "I2VGenXLUNet",
     "LCMScheduler",
     "MotionAdapter",
+    "PNDMScheduler",
     "StableVideoDiffusionPipeline",
     "UNet2DConditionModel",
     "UNetMotionModel",

@@ -32,6 +32,7 @@ from .strict_loading import check_dtype, load_state_dict_strict, summarize_keys
 from .weight_files import save_component, write_json
 
 __all__ = [
+    "DEFAULT_DTYPE",
     "Checkpoint",
     "CheckpointNotCachedError",
     "CheckpointNotFoundError",
@@ -70,13 +71,19 @@ class CheckpointNotCachedError(CheckpointNotFoundError):
         self.repo_id, self.revision, self.cache, self.offline_reason = repo_id, revision, cache, offline_reason
 
 
-def pick_dtype(dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -> torch.dtype | None:
-    """Merge ``dtype`` with its diffusers alias ``torch_dtype``; ``None`` means keep the stored dtype."""
+# The dtype networks load in when none is asked for: float32, as diffusers and transformers load them
+# (fp16 variant files are upcast), so a pipeline never mixes the stored dtypes of its components.
+DEFAULT_DTYPE = torch.float32
+
+
+def pick_dtype(dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -> torch.dtype:
+    """Merge ``dtype`` with its diffusers alias ``torch_dtype``; neither given means :data:`DEFAULT_DTYPE`."""
     check_dtype(dtype, "dtype")
     check_dtype(torch_dtype, "torch_dtype")
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
         raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass only dtype")
-    return dtype if dtype is not None else torch_dtype
+    chosen = dtype if dtype is not None else torch_dtype
+    return DEFAULT_DTYPE if chosen is None else chosen
 
 
 def join(subfolder: str | None, name: str) -> str:

@@ -8,8 +8,11 @@ transformers ones; ``v`` a variant such as "fp16"):
   ``weight_map`` names the shards (``W-00001-of-00002.safetensors``, variant
   ``W.v-00001-of-00002.safetensors``; older transformers wrote ``W-00001-of-00002.v.safetensors``),
   so shards are always found through the index, never by guessing names.
-- pickles (``.bin``, sharded via ``W.bin.index.json``, ``.pt``, ``.ckpt``) are read only when the chosen
-  variant has no safetensors, and only through ``torch.load(weights_only=True)``.
+- pickles (``P.bin``, variant ``P.v.bin``; sharded via ``P.bin.index.json``, variant
+  ``P.bin.index.v.json``; ``P.pt``, ``P.ckpt``) are read only when the chosen variant has no
+  safetensors, and only through ``torch.load(weights_only=True)``. ``P`` is the pickle stem: the same
+  as ``W`` for diffusers, but transformers names its pickles ``pytorch_model`` beside ``model.safetensors``
+  (see :data:`PICKLE_STEMS`).
 
 This module touches the file system only through the paths it is given; finding files in a folder or a
 Hub repo is :mod:`vidiff.loading`'s job.
@@ -34,6 +37,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt")
+# Safetensors stem → pickle stem where a library used two: transformers writes model.safetensors but
+# pytorch_model.bin (and pytorch_model.bin.index.json); diffusers uses diffusion_pytorch_model for both.
+PICKLE_STEMS = {"model": "pytorch_model"}
 
 
 def check_variant(variant: str | None) -> None:
@@ -50,27 +56,37 @@ def _with_variant(stem: str, variant: str | None) -> str:
     return stem if variant is None else f"{stem}.{variant}"
 
 
+def pickle_stem(weights_name: str) -> str:
+    """The stem of the pickled weights that go with safetensors stem ``weights_name``."""
+    return PICKLE_STEMS.get(weights_name, weights_name)
+
+
 def candidates(weights_name: str, variant: str | None) -> list[str]:
     """File names that hold one variant's weights, most preferred first (safetensors before pickles)."""
     tail = "" if variant is None else f".{variant}"
     named = _with_variant(weights_name, variant)
+    pickled_stem = pickle_stem(weights_name)
+    pickled = _with_variant(pickled_stem, variant)
     return [
         f"{named}.safetensors",
         f"{weights_name}.safetensors.index{tail}.json",
-        f"{named}.bin",
-        f"{weights_name}.bin.index{tail}.json",
-        f"{named}.pt",
-        f"{named}.ckpt",
+        f"{pickled}.bin",
+        f"{pickled_stem}.bin.index{tail}.json",
+        f"{pickled}.pt",
+        f"{pickled}.ckpt",
     ]
 
 
 def variants_present(names: Iterable[str], weights_name: str) -> list[str]:
     """Variants whose single-file or index weights appear in ``names`` (sorted)."""
-    stem = re.escape(weights_name)
-    single = re.compile(rf"{stem}\.([A-Za-z0-9_]+)\.(?:safetensors|bin|pt|ckpt)")
-    index = re.compile(rf"{stem}\.(?:safetensors|bin)\.index\.([A-Za-z0-9_]+)\.json")
-    found = {m.group(1) for n in names for m in (single.fullmatch(n), index.fullmatch(n)) if m}
-    return sorted(found)
+    safe, pickled = re.escape(weights_name), re.escape(pickle_stem(weights_name))
+    patterns = [
+        re.compile(rf"{safe}\.([A-Za-z0-9_]+)\.safetensors"),
+        re.compile(rf"{safe}\.safetensors\.index\.([A-Za-z0-9_]+)\.json"),
+        re.compile(rf"{pickled}\.([A-Za-z0-9_]+)\.(?:bin|pt|ckpt)"),
+        re.compile(rf"{pickled}\.bin\.index\.([A-Za-z0-9_]+)\.json"),
+    ]
+    return sorted({m.group(1) for n in names for m in (p.fullmatch(n) for p in patterns) if m})
 
 
 def choose(names: Iterable[str], weights_name: str, variant: str | None, where: str, warn: bool = True) -> str:
@@ -103,8 +119,8 @@ def choose(names: Iterable[str], weights_name: str, variant: str | None, where: 
         )
     raise FileNotFoundError(
         f"{where} has no weights: expected {weights_name}.safetensors or a sharded "
-        f"{weights_name}.safetensors.index.json (with a variant: {weights_name}.<variant>.safetensors); "
-        f"found: {listing}."
+        f"{weights_name}.safetensors.index.json (with a variant: {weights_name}.<variant>.safetensors), "
+        f"or pickles {pickle_stem(weights_name)}.bin / {pickle_stem(weights_name)}.bin.index.json; found: {listing}."
     )
 
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..diffusion import schedulers
+from .. import schedulers
 from ..pipelines.animatediff import AnimateDiffPipeline
 from ..pipelines.base import Pipeline
 from ..pipelines.i2vgen_xl import I2VGenXLPipeline
@@ -179,9 +179,11 @@ COUNTS = (
 TEXT = (
     ("--negative-prompt", "negative_prompt", str, "what to steer away from"),
     ("--guidance-scale", "guidance_scale", non_negative_float, "classifier-free guidance weight; ≤ 1 turns it off"),
-    ("--eta", "eta", unit_interval, "DDIM's η: 0 deterministic, 1 fully stochastic"),
     ("--clip-skip", "clip_skip", non_negative_int, "use the text encoder's state this many layers before the last (0 = last)"),
 )
+
+# Every pipeline takes η; only the schedulers that draw DDIM-style noise honour it (else an error).
+ETA = (("--eta", "eta", unit_interval, "DDIM's η: 0 deterministic, 1 fully stochastic (DDIM only)"),)
 
 SVD = Command(
     name="svd",
@@ -191,7 +193,7 @@ SVD = Command(
     takes_image=True,
     takes_prompt=False,
     flags=_flags(
-        *SIZE, *COUNTS,
+        *SIZE, *COUNTS, *ETA,
         ("--min-guidance-scale", "min_guidance_scale", non_negative_float, "guidance on the first frame"),
         ("--max-guidance-scale", "max_guidance_scale", non_negative_float, "guidance on the last frame (ramps linearly)"),
         ("--fps", "fps", frame_rate, "frame rate the model is conditioned on; also the export rate"),
@@ -208,7 +210,7 @@ I2VGEN_XL = Command(
     takes_image=True,
     takes_prompt=True,
     flags=_flags(
-        *SIZE, *COUNTS, *TEXT,
+        *SIZE, *COUNTS, *TEXT, *ETA,
         ("--target-fps", "target_fps", frame_rate, "frame rate the model is conditioned on; also the export rate"),
     ),
     fps_param="target_fps",
@@ -220,7 +222,7 @@ ANIMATEDIFF = Command(
     summary="prompt → video with AnimateDiff (a Stable Diffusion 1.5 checkpoint + a motion adapter)",
     takes_image=False,
     takes_prompt=True,
-    flags=_flags(*SIZE, *COUNTS, *TEXT),
+    flags=_flags(*SIZE, *COUNTS, *TEXT, *ETA),
     fps_param=None,
     default_motion_adapter="guoyww/animatediff-motion-adapter-v1-5-2",
 )
@@ -234,6 +236,7 @@ SCHEDULER_ALIASES = {
     "euler-ancestral": schedulers.EulerAncestralDiscreteScheduler,
     "dpm++": schedulers.DPMSolverMultistepScheduler,
     "lcm": schedulers.LCMScheduler,
+    "pndm": schedulers.PNDMScheduler,
 }
 
 

@@ -1,6 +1,6 @@
 """``vidiff demo``: every pipeline end to end on tiny random checkpoints, no GPU and no download.
 
-The checkpoints are built once in the diffusers layout (see :mod:`vidiff.demo_checkpoints`) and go
+The checkpoints are built once in the diffusers layout (see :mod:`vidiff.demo.checkpoints`) and go
 through exactly the path real ones take: the same subcommand code, ``from_pretrained``, the media
 writers. The weights are random, so the videos are noise; the point is that everything runs.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from ..demo_checkpoints import DEMO_CALLS, ensure_demo_checkpoints
+from ..demo.checkpoints import DEMO_CALLS, ensure_demo_checkpoints
 from .commands import ANIMATEDIFF, I2VGEN_XL, SVD
 from .errors import UsageError
 from .run import run

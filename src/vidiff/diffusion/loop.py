@@ -10,6 +10,9 @@ Per step i (σ_i → σ_{i+1}):
 4. the stepper moves the float32 sample to σ_{i+1}; the result is cast back to the network
    output's dtype (as the reference scheduler does), then ``on_step`` may replace it.
 
+Steps 3–4 are :func:`~vidiff.diffusion.plan.advance`, the body every public ``scheduler.step()``
+runs too. ``SamplingPlan`` lives in :mod:`vidiff.diffusion.plan` and is re-exported here.
+
 The sample's space (VE ``x0 + σ·ε`` or VP ``sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε``) is the plan's
 parameterization's ``space``; the loop itself is the same for both.
 """
@@ -17,56 +20,22 @@ parameterization's ``space``; the loop itself is the same for both.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .guidance import Guidance, NoGuidance
+from .noise import NoiseSource
 from .parameterization import Parameterization
-from .steppers import Denoise, NoiseSource, StepContext, Stepper
+from .plan import SamplingPlan, advance
+from .steppers import Denoise, StepContext
+
+__all__ = ["Network", "OnStep", "SamplingPlan", "sample"]
 
 # (network input [B', C, F, H, W], timestep 0-dim, inputs of the branch(es), batch first) -> raw output.
 Network = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]
 # (step index, timestep, latents after the step) -> replacement latents, or None to keep them.
 OnStep = Callable[[int, Tensor, Tensor], "Tensor | None"]
-
-
-@dataclass(frozen=True, eq=False)
-class SamplingPlan:
-    """A complete sampling recipe; schedulers build it with ``scheduler.plan(...)``."""
-
-    sigmas: Tensor  # [N+1] float32 on the CPU, decreasing; sigmas[-1] is the final σ (0 for Euler)
-    timesteps: Tensor  # [N] float32: what the network is given at step i
-    parameterization: Parameterization
-    stepper: Stepper
-    init_noise_sigma: float  # unit noise × this = the initial latents
-    # VP plans only: [N+1] float32 on the CPU, the exact ᾱ of each plan point (σ² = (1 − ᾱ)/ᾱ,
-    # so ᾱ = 0 is σ = ∞); alphas_cumprod[-1] belongs to the final sample.
-    alphas_cumprod: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.sigmas.ndim != 1 or self.timesteps.ndim != 1 or len(self.sigmas) != len(self.timesteps) + 1:
-            raise ValueError(
-                f"SamplingPlan needs sigmas [N+1] and timesteps [N], got sigmas {list(self.sigmas.shape)} "
-                f"and timesteps {list(self.timesteps.shape)}"
-            )
-        if self.parameterization.space == "vp" and self.alphas_cumprod is None:
-            raise ValueError("a SamplingPlan in VP space needs alphas_cumprod [N+1]")
-        if self.alphas_cumprod is not None and self.alphas_cumprod.shape != self.sigmas.shape:
-            raise ValueError(
-                f"SamplingPlan needs alphas_cumprod shaped like sigmas {list(self.sigmas.shape)}, "
-                f"got {list(self.alphas_cumprod.shape)}"
-            )
-
-    def alpha_cumprod(self, index: int) -> Tensor | None:
-        """ᾱ of plan point ``index`` (0-dim float32), or None for a plan without an ᾱ table."""
-        return None if self.alphas_cumprod is None else self.alphas_cumprod[index]
-
-    @property
-    def num_steps(self) -> int:
-        """N, the number of network evaluations of a first-order stepper."""
-        return len(self.timesteps)
 
 
 def sample(
@@ -105,8 +74,6 @@ def sample(
     for index in steps:
         timestep, sigma = plan.timesteps[index], plan.sigmas[index]
         output = _guided_output(network, x, sigma, timestep, inputs, plan.parameterization, guidance)
-        x32 = x.to(torch.float32)
-        denoised = plan.parameterization.denoised(output, x32, sigma, plan.alpha_cumprod(index))
         context = StepContext(
             sigmas=plan.sigmas,
             index=index,
@@ -114,10 +81,8 @@ def sample(
             denoise=_extra_denoise(network, inputs, plan.parameterization, guidance, output.dtype),
             noise=noise,
             alphas_cumprod=plan.alphas_cumprod,
-            output=output,
         )
-        stepped = plan.stepper(x32, denoised, context)
-        x, history = stepped.sample.to(output.dtype), stepped.history
+        x, _, history = advance(output, x, plan.parameterization, plan.stepper, context)
         if on_step is not None:
             replacement = on_step(index, timestep, x)
             if replacement is not None:

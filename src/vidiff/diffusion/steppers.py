@@ -4,7 +4,9 @@ A stepper is a pure function ``(x, denoised, step) -> StepOutput``:
 
 * ``x``: the sample at ``step.sigma``, float32, in the plan's space: VE (``x = x0 + σ·ε``) for
   Euler-type steppers, VP (``x = sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε``, with the plan's exact ᾱ table in
-  ``step.alphas_cumprod``) for DDIM and LCM (:mod:`vidiff.diffusion.steppers_vp`);
+  ``step.alphas_cumprod``) for DDIM, LCM and PLMS (:mod:`vidiff.diffusion.steppers_vp`). Each
+  stepper declares its ``spaces``; :func:`~vidiff.diffusion.plan.plan_in_space` runs it on the
+  other space's sample;
 * ``denoised``: x̂0 = D(x, σ_i), already evaluated by the loop (with guidance applied);
 * ``step``: a :class:`StepContext` with the whole σ schedule and index, whatever the previous step
   left in ``history``, a ``denoise`` callable for solvers that evaluate the model again, a
@@ -16,24 +18,22 @@ signature is meant to carry, besides Euler:
 * Euler-ancestral / DDIM with η: stochastic, draw from ``step.noise``; DDIM with η = 0 is Euler;
 * Heun: a second ``step.denoise(x_next, sigma_next)`` evaluation;
 * DPM-Solver++(2M): the previous x̂0 carried in ``history``;
-* LCM: x̂0 re-noised to σ_{i+1} with fresh ``step.noise``.
+* LCM: x̂0 re-noised to σ_{i+1} with fresh ``step.noise``;
+* PLMS: the earlier raw outputs (and the first step's start sample) carried in ``history``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
-import torch
 from torch import Tensor
+
+from .noise import NoiseSource
 
 # (x [B, C, F, H, W] float32 at σ, σ 0-dim float32) -> x̂0 float32: one more model evaluation.
 Denoise = Callable[[Tensor, Tensor], Tensor]
-# (shape, dtype=None) -> fresh unit Gaussian noise on the sample's device; the caller owns the RNG.
-# ``dtype`` is the precision the reference draws in when it is not the sample's (DPM-Solver's SDE
-# variants draw float32 noise for float16 latents, and a float16 draw gives other numbers).
-NoiseSource = Callable[..., Tensor]
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,31 @@ class StepOutput(NamedTuple):
 
 
 class Stepper(Protocol):
-    """The one stepper signature (see the module docstring)."""
+    """The one stepper signature (see the module docstring).
+
+    ``spaces`` names the sample spaces the stepper's formulas are written for (``"ve"``,
+    ``"vp"``); a :class:`~vidiff.diffusion.loop.SamplingPlan` refuses any other pairing.
+    """
+
+    spaces: frozenset[str]
 
     def __call__(self, x: Tensor, denoised: Tensor, step: StepContext) -> StepOutput: ...
 
 
+F = TypeVar("F", bound=Callable[..., StepOutput])
+
+
+def supports(*spaces: str) -> Callable[[F], F]:
+    """Decorator declaring the sample spaces a stepper function works in (its ``spaces``)."""
+
+    def declare(function: F) -> F:
+        function.spaces = frozenset(spaces)  # type: ignore[attr-defined]
+        return function
+
+    return declare
+
+
+@supports("ve")
 def euler(x: Tensor, denoised: Tensor, step: StepContext) -> StepOutput:
     """First-order step along the probability-flow ODE dx/dσ = (x − x̂0)/σ (Karras et al. 2022, Alg. 1).
 
@@ -94,6 +114,7 @@ def _euler_move(x: Tensor, denoised: Tensor, sigma: Tensor, target: Tensor) -> T
     return x + slope * (target - sigma)
 
 
+@supports("ve")
 def euler_ancestral(x: Tensor, denoised: Tensor, step: StepContext) -> StepOutput:
     """Ancestral Euler: a deterministic step down to σ_down, then fresh noise of scale σ_up.
 
@@ -110,44 +131,3 @@ def euler_ancestral(x: Tensor, denoised: Tensor, step: StepContext) -> StepOutpu
     sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
     moved = _euler_move(x, denoised, sigma, sigma_down)
     return StepOutput(moved + step.noise(x.shape) * sigma_up, step.history)
-
-
-def generator_noise(
-    generator: torch.Generator | Sequence[torch.Generator] | None, device: torch.device, dtype: torch.dtype
-) -> NoiseSource:
-    """A :data:`NoiseSource` drawing from a torch generator the way diffusers' schedulers do.
-
-    For ``scheduler.step(..., generator=...)``: a CPU generator draws on the CPU and the noise
-    moves to ``device``; a list of several holds one generator per batch item, each drawing its
-    own ``[1, ...]`` slice in batch order (a list of one is that one generator); ``None`` uses
-    torch's global RNG.
-    """
-    if isinstance(generator, Sequence) and len(generator) == 1:
-        generator = generator[0]
-    default_dtype = dtype
-
-    def draw(shape: torch.Size, source: torch.Generator | None) -> Tensor:
-        draw_device = device if source is None or source.device.type == device.type else source.device
-        return torch.randn(shape, generator=source, device=draw_device, dtype=dtype).to(device)
-
-    def noise(shape: torch.Size, dtype: torch.dtype | None = None) -> Tensor:
-        if dtype is not None and dtype != default_dtype:
-            return generator_noise(generator, device, dtype)(shape)
-        if isinstance(generator, Sequence):
-            if len(generator) != shape[0]:
-                raise ValueError(f"`generator` lists {len(generator)} generators for a batch of {shape[0]}")
-            return torch.cat([draw(torch.Size((1, *shape[1:])), source) for source in generator])
-        return draw(torch.Size(shape), generator)
-
-    return noise
-
-
-def given_noise(variance_noise: Tensor) -> NoiseSource:
-    """A noise source that hands out the caller's own draw (diffusers' ``variance_noise``)."""
-
-    def noise(shape: torch.Size, dtype: torch.dtype | None = None) -> Tensor:
-        if variance_noise.shape != shape:
-            raise ValueError(f"variance_noise must have the sample's shape {list(shape)}, got {list(variance_noise.shape)}")
-        return variance_noise if dtype is None else variance_noise.to(dtype)
-
-    return noise

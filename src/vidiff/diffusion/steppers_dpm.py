@@ -20,7 +20,7 @@ in its order, so float32 results agree to the bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -69,6 +69,8 @@ class DPMSolverStepper:
     Needs the raw network output (``step.output``); the loop's generic ``denoised`` is not used,
     since the reference forms x̂0 from α, σ_VP rather than from the ᾱ of a VP plan.
     """
+
+    spaces: ClassVar[frozenset[str]] = frozenset({"vp"})
 
     prediction: Prediction
     algorithm: str = "dpmsolver++"  # one of ALGORITHMS

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -92,6 +93,8 @@ class DDIMStepper:
     ``use_clipped_model_output`` it is re-derived from the limited x̂0 instead.
     """
 
+    spaces: ClassVar[frozenset[str]] = frozenset({"vp"})
+
     prediction: Prediction
     alphas_cumprod_prev: Tensor  # [N] float32: the ᾱ step i lands on
     eta: float = 0.0
@@ -146,6 +149,8 @@ class LCMStepper:
     return x̂0' itself (normally only the last step, whose output is the clean sample).
     """
 
+    spaces: ClassVar[frozenset[str]] = frozenset({"vp"})
+
     c_skip: Tensor  # [N] float32
     c_out: Tensor  # [N] float32
     alphas_cumprod_next: Tensor  # [N] float32: the ᾱ step i re-noises to
@@ -166,3 +171,4 @@ class LCMStepper:
         noise = step.noise(x.shape)
         alpha_next = self.alphas_cumprod_next[index]
         return StepOutput(alpha_next.sqrt() * consistent + (1 - alpha_next).sqrt() * noise, step.history)
+

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .embeddings import TimestepEmbedding, sinusoidal_embedding
-from .frames import images_to_tokens, split_frames, tokens_to_images
+from .frames import images_to_tokens, tokens_to_images
 from .temporal import AlphaBlender, TemporalBasicTransformerBlock
 from .transformer import BasicTransformerBlock
 
@@ -17,7 +17,8 @@ class TransformerSpatioTemporalModel(nn.Module):
     Per layer: a :class:`BasicTransformerBlock` over each frame's pixels, then a
     :class:`TemporalBasicTransformerBlock` over each pixel's frames (with a sinusoidal embedding
     of the frame index added), blended with the spatial result by a learned :class:`AlphaBlender`.
-    The temporal cross-attention sees the first frame's context, the spatial one every frame's.
+    The context is one per video: the spatial cross-attention gives it to each of the video's frames,
+    the temporal one attends to it once per video.
     """
 
     def __init__(
@@ -58,12 +59,16 @@ class TransformerSpatioTemporalModel(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, num_frames: int
     ) -> torch.Tensor:
-        """``hidden_states`` ``[(B·F), C, H, W]``, ``encoder_hidden_states`` ``[(B·F), L, D]``."""
+        """``hidden_states`` ``[(B·F), C, H, W]``, ``encoder_hidden_states`` ``[B, L, D]`` (one per video)."""
         batch_frames, _, height, width = hidden_states.shape
         batch = batch_frames // num_frames
-        context = encoder_hidden_states
-        # The temporal blocks see each video's first-frame context: [B, L, D]
-        time_context = split_frames(context, num_frames)[:, 0]
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] * num_frames != batch_frames:
+            raise ValueError(
+                f"encoder_hidden_states must be one context per video [{batch}, L, D] for {batch_frames} frames "
+                f"of {num_frames}, got {list(encoder_hidden_states.shape)}"
+            )
+        time_context = encoder_hidden_states  # [B, L, D]: the temporal blocks attend once per video
+        context = encoder_hidden_states.repeat_interleave(num_frames, dim=0)  # [(B·F), L, D] for the spatial blocks
 
         tokens = self.proj_in(images_to_tokens(self.norm(hidden_states)))  # [(B·F), H·W, inner]
         frame_index = torch.arange(num_frames, device=tokens.device).repeat(batch)  # [(B·F)]

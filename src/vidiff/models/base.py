@@ -58,8 +58,9 @@ class PretrainedModel(nn.Module):
         """Load a model from a local folder or Hub id in the diffusers layout.
 
         ``subfolder`` selects a component of a pipeline repo (e.g. ``"unet"``); ``variant="fp16"``
-        picks ``*.fp16.safetensors``; ``dtype`` (alias ``torch_dtype``) casts floating-point weights
-        (default: as stored); ``device`` places them (default: CPU). Loading is strict.
+        picks ``*.fp16.safetensors`` (or ``*.fp16.bin``) where present, else the default weights;
+        ``dtype`` (alias ``torch_dtype``) casts floating-point weights (default: float32, whatever the
+        files store, as diffusers does); ``device`` places them (default: CPU). Loading is strict.
         """
         dtype = loading.pick_dtype(dtype, torch_dtype)
         checkpoint = loading.Checkpoint.open(
@@ -77,7 +78,9 @@ class PretrainedModel(nn.Module):
         variant: str | None = None,
         device: torch.device | str | None = None,
     ) -> M:
-        """Load from an opened :class:`~vidiff.loading.Checkpoint` (used by pipelines)."""
+        """Load from an opened :class:`~vidiff.loading.Checkpoint` (used by pipelines); ``dtype=None``
+        means float32, as in :meth:`from_pretrained`."""
+        dtype = loading.pick_dtype(dtype, None)
         raw = checkpoint.read_json(loading.join(subfolder, "config.json"))
         with torch.device("meta"):
             model = cls.from_config(raw)

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from .base import PretrainedModel
 from .clip_layers import CLIPEncoder, check_tower_options
+from .legacy_keys import clip_position_ids
 
 # Configs written before transformers PR #24773 say eos_token_id=2; their models pool at the highest
 # token id instead (CLIP's end token is the last entry of its vocabulary).
@@ -176,7 +177,7 @@ class _CLIPTextTowerModel(PretrainedModel):
     weights_name = "model"
     library = "transformers"
     # Checkpoints saved by older transformers versions (e.g. SD 1.5's) hold the position-index buffer.
-    ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = (r"^text_model\.embeddings\.position_ids$",)
+    ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = clip_position_ids("text_model")
 
     def __init__(self, config: CLIPTextConfig) -> None:
         super().__init__(config)

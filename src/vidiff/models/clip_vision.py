@@ -16,6 +16,7 @@ from torch import nn
 from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from .base import PretrainedModel
 from .clip_layers import CLIPEncoder, check_tower_options
+from .legacy_keys import clip_position_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +128,8 @@ class CLIPVisionModelWithProjection(PretrainedModel):
     config_class = CLIPVisionConfig
     weights_name = "model"
     library = "transformers"
-    # Checkpoints saved by older transformers versions still hold the position-index buffer.
-    ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = (r"^vision_model\.embeddings\.position_ids$",)
+    # Checkpoints saved by older transformers versions (e.g. SD 1.5's) hold the position-index buffer.
+    ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = clip_position_ids("vision_model")
 
     def __init__(self, config: CLIPVisionConfig) -> None:
         super().__init__(config)

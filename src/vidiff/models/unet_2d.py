@@ -10,6 +10,7 @@ videos, with motion modules in every stage.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -18,6 +19,7 @@ from torch.nn import functional as F
 
 from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.embeddings import TimestepEmbedding, batch_timesteps, sinusoidal_embedding
+from ..layers.unet_stage import DownStage, MidStage, ResnetPart, UpStage, run_stages
 from .base import PretrainedModel
 from .unet_2d_blocks import (
     CrossAttentionOptions,
@@ -25,13 +27,9 @@ from .unet_2d_blocks import (
     ResnetOptions,
     PerBlock,
     StageLayout,
-    UNetDownBlock,
     UNetLayout,
-    UNetMidBlock,
-    UNetUpBlock,
     check_config,
     per_block,
-    run_stages,
 )
 
 
@@ -225,27 +223,24 @@ class ConditionalUNet(PretrainedModel):
         )
         self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, cond_proj_dim=layout.time_cond_proj_dim)
         resnet = ResnetOptions(time_embed_dim, layout.norm_num_groups, layout.norm_eps)
+        groups = layout.norm_num_groups
         self.down_blocks = nn.ModuleList(
-            UNetDownBlock(
+            DownStage(
                 channels[max(i - 1, 0)],
                 channels[i],
                 stage.num_layers,
-                resnet,
+                ResnetPart(resnet.build),
+                stage.extras(groups),
                 add_downsample=i < len(channels) - 1,
                 downsample_padding=layout.downsample_padding,
-                attention=stage.attention,
-                motion=stage.motion,
             )
             for i, stage in enumerate(layout.down)
         )
         self.mid_block = None
         if layout.mid is not None:
-            self.mid_block = UNetMidBlock(
-                channels[-1],
-                dataclasses.replace(resnet, output_scale_factor=layout.mid_block_scale_factor),
-                layout.mid.attention,
-                num_layers=layout.mid.num_layers,
-                motion=layout.mid.motion,
+            mid_resnet = dataclasses.replace(resnet, output_scale_factor=layout.mid_block_scale_factor)
+            self.mid_block = MidStage(
+                channels[-1], ResnetPart(mid_resnet.build), layout.mid.extras(groups), num_layers=layout.mid.num_layers
             )
         self.up_blocks = self._build_up_blocks(layout, resnet)
         self.conv_norm_out = nn.GroupNorm(layout.norm_num_groups, channels[0], eps=layout.norm_eps)
@@ -258,25 +253,36 @@ class ConditionalUNet(PretrainedModel):
         channels = layout.block_out_channels[::-1]  # from the lowest resolution up
         last = len(channels) - 1
         return nn.ModuleList(
-            UNetUpBlock(
+            UpStage(
                 channels[min(j + 1, last)],  # the deepest skip this stage takes
                 channels[max(j - 1, 0)],  # what arrives from the stage below
                 channels[j],
                 stage.num_layers,
-                resnet,
+                ResnetPart(resnet.build),
+                stage.extras(layout.norm_num_groups),
                 add_upsample=j < last,
-                attention=stage.attention,
-                motion=stage.motion,
             )
             for j, stage in enumerate(layout.up)
         )
 
     def _run_stages(
-        self, images: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, num_frames: int = 1
+        self,
+        images: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor,
+        num_frames: int = 1,
+        down_residuals: Sequence[torch.Tensor] | None = None,
+        mid_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``images`` ``[N, C_in, H, W]``, ``emb`` ``[N, D]``, context ``[N, L, D_ctx]`` → ``[N, C_out, H, W]``."""
+        """``images`` ``[N, C_in, H, W]``, ``emb`` ``[N, D]``, context ``[N, L, D_ctx]`` → ``[N, C_out, H, W]``.
+
+        The residuals are :func:`~vidiff.layers.unet_stage.run_stages`' (ControlNet's seam).
+        """
         hidden = self.conv_in(images)  # [N, C0, H, W]
-        hidden = run_stages(self.down_blocks, self.mid_block, self.up_blocks, hidden, emb, context, num_frames)
+        hidden = run_stages(
+            self.down_blocks, self.mid_block, self.up_blocks, hidden, emb, context, num_frames,
+            down_residuals=down_residuals, mid_residual=mid_residual,
+        )
         return self.conv_out(F.silu(self.conv_norm_out(hidden)))
 
     def _time_embedding(
@@ -323,6 +329,8 @@ class UNet2DConditionModel(ConditionalUNet):
         timestep: torch.Tensor | float | int,
         encoder_hidden_states: torch.Tensor,
         timestep_cond: torch.Tensor | None = None,
+        down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the network output (ε or v, as trained) for noisy latents.
 
@@ -331,6 +339,10 @@ class UNet2DConditionModel(ConditionalUNet):
             timestep: the discrete timestep as a number, a 0-dim tensor or one per sample ``[B]``.
             encoder_hidden_states: ``[B, L, cross_attention_dim]`` text-encoder states.
             timestep_cond: ``[B, time_cond_proj_dim]`` extra time condition (LCM-distilled UNets only).
+            down_block_additional_residuals: a ControlNet's residuals, one per skip (``conv_in``'s
+                output, then every down stage's), each shaped like that skip; added to the skips.
+            mid_block_additional_residual: a ControlNet's residual added to the mid block's output;
+                given together with ``down_block_additional_residuals``, as diffusers requires.
 
         Returns:
             ``[B, out_channels, H, W]`` in the parameters' dtype.
@@ -346,4 +358,16 @@ class UNet2DConditionModel(ConditionalUNet):
         sample = sample.to(dtype)
         if config.center_input_sample:
             sample = 2 * sample - 1.0
-        return self._run_stages(sample, emb, encoder_hidden_states.to(dtype))
+        if (down_block_additional_residuals is None) != (mid_block_additional_residual is None):
+            # diffusers reads down residuals without a mid one as T2I-Adapter's, which vidiff lacks
+            raise ValueError(
+                "down_block_additional_residuals and mid_block_additional_residual are a ControlNet's outputs: "
+                "give both or neither (T2I-Adapter residuals are not supported)"
+            )
+        return self._run_stages(
+            sample,
+            emb,
+            encoder_hidden_states.to(dtype),
+            down_residuals=down_block_additional_residuals,
+            mid_residual=mid_block_additional_residual,
+        )

@@ -1,14 +1,13 @@
-"""The down, mid and up stages of the Stable Diffusion UNet, with or without AnimateDiff motion modules.
+"""What the Stable Diffusion UNet's stages hold, with or without AnimateDiff motion modules.
 
-One set of stage classes serves both :class:`~vidiff.models.unet_2d.UNet2DConditionModel` (SD 1.5)
-and :class:`~vidiff.models.unet_motion.UNetMotionModel` (AnimateDiff). Every layer of a stage is a
-resnet, then an image transformer when the stage has cross-attention (``attention`` options), then a
-motion module when the stage is part of a motion UNet (``motion`` options); without ``motion`` the
-stage has no ``motion_modules`` at all, so the plain UNet's state dict is SD's. Attribute names
-(``resnets``, ``attentions``, ``motion_modules``, ``downsamplers``, ``upsamplers``) are the checkpoints'.
+:class:`~vidiff.models.unet_2d.UNet2DConditionModel` (SD 1.5) and
+:class:`~vidiff.models.unet_motion.UNetMotionModel` (AnimateDiff) both build the generic stages of
+:mod:`vidiff.layers.unet_stage`. Every layer of a stage is a resnet, then an image transformer
+when the stage has cross-attention (``attention`` options), then a motion module when the stage is
+part of a motion UNet (``motion`` options); without ``motion`` the stage's ``motion_modules`` is
+None, so the plain UNet's state dict is SD's. Attribute names (``resnets``, ``attentions``,
+``motion_modules``, ``downsamplers``, ``upsamplers``) are the checkpoints'.
 
-Stages work on image batches ``[N, C, H, W]`` with ``N = B·F`` (``F = 1`` for still images), a
-per-image time embedding ``temb [N, D]`` and a per-image context ``[N, L, cross_attention_dim]``.
 The plain-data :class:`UNetLayout` both UNet configs resolve into, and the config checks they
 share, live here too.
 """
@@ -16,15 +15,16 @@ share, live here too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
-import torch
 from torch import nn
 
 from ..config import Config
 from ..layers.motion import MotionModule
-from ..layers.resnet import Downsample2D, ResBlock2D, Upsample2D
+from ..layers.resnet import ResBlock2D
 from ..layers.transformer_2d import Transformer2DModel
+from ..layers.unet_stage import ExtraPart, call_with_context, call_with_frames
 
 PerLayer = int | tuple[int, ...]
 PerBlock = int | tuple[int, ...]  # one value for every stage, or one per stage
@@ -120,6 +120,15 @@ class StageLayout:
     attention: CrossAttentionOptions | None = None
     motion: MotionOptions | None = None
 
+    def extras(self, norm_num_groups: int) -> list[ExtraPart]:
+        """What follows each resnet: image attention (within each frame), then motion (across frames)."""
+        # an absent part is a None attribute: a plain SD stage has motion_modules = None
+        attention, motion = (
+            functools.partial(options.build, norm_num_groups=norm_num_groups) if options is not None else None
+            for options in (self.attention, self.motion)
+        )
+        return [ExtraPart("attentions", attention, call_with_context), ExtraPart("motion_modules", motion, call_with_frames)]
+
 
 @dataclasses.dataclass(frozen=True)
 class UNetLayout:
@@ -181,195 +190,7 @@ def check_config(
         raise ValueError(f"norm_num_groups={groups} must divide every block_out_channels entry; not {bad}")
 
 
-def run_stages(
-    down_blocks: nn.ModuleList,
-    mid_block: nn.Module | None,
-    up_blocks: nn.ModuleList,
-    hidden: torch.Tensor,
-    emb: torch.Tensor,
-    context: torch.Tensor | None,
-    num_frames: int,
-) -> torch.Tensor:
-    """Run a UNet's down, mid and up stages on ``hidden`` ``[N, C0, H, W]`` (the ``conv_in`` output).
-
-    Every down stage's outputs are kept as skips; each up stage takes as many as it has resnets,
-    deepest first. Shared by the SD/AnimateDiff skeleton and SVD's UNet, whose stages take the same
-    arguments. Returns ``[N, C0, H, W]``, ready for ``conv_norm_out``.
-    """
-    skips = [hidden]
-    for block in down_blocks:
-        hidden, block_skips = block(hidden, emb, context, num_frames)
-        skips.extend(block_skips)
-    if mid_block is not None:
-        hidden = mid_block(hidden, emb, context, num_frames)
-    for block in up_blocks:
-        taken = len(block.resnets)
-        block_skips, skips = skips[-taken:], skips[:-taken]
-        # Upsample to the next skip's size, so sides that are not multiples of 2ⁿ round-trip.
-        upsample_size = tuple(skips[-1].shape[-2:]) if skips else None
-        hidden = block(hidden, block_skips, emb, context, num_frames, upsample_size)
-    return hidden
-
-
-def up_resnet_in_channels(
-    index: int, num_layers: int, in_channels: int, prev_output_channel: int, out_channels: int
-) -> int:
-    """Input channels of an up stage's resnet ``index``: what arrives plus the skip concatenated to it.
-
-    The first resnet receives the stage below's output (``prev_output_channel``), later ones this
-    stage's ``out_channels``; the last one's skip comes from the down stage's input (``in_channels``),
-    the others' from its outputs (``out_channels``).
-    """
-    arriving = prev_output_channel if index == 0 else out_channels
-    skip = in_channels if index == num_layers - 1 else out_channels
-    return arriving + skip
-
-
 def per_block(config: Config, name: str) -> tuple:
     """The option ``name`` as a tuple with one entry per down stage."""
     value = getattr(config, name)
     return tuple(value) if isinstance(value, tuple) else (value,) * len(config.block_out_channels)
-
-
-class _Stage(nn.Module):
-    """Shared parts of a stage: optional per-layer image transformers and motion modules."""
-
-    def _build_layers(
-        self,
-        channels: int,
-        num_layers: int,
-        groups: int,
-        attention: CrossAttentionOptions | None,
-        motion: MotionOptions | None,
-    ) -> None:
-        self.attentions = attention.build(channels, num_layers, groups) if attention is not None else None
-        self.motion_modules = motion.build(channels, num_layers, groups) if motion is not None else None
-
-    def _after_resnet(
-        self, index: int, hidden_states: torch.Tensor, context: torch.Tensor | None, num_frames: int
-    ) -> torch.Tensor:
-        # layer `index`: image attention (within each frame), then motion (across frames)
-        if self.attentions is not None:
-            hidden_states = self.attentions[index](hidden_states, context)
-        if self.motion_modules is not None:
-            hidden_states = self.motion_modules[index](hidden_states, num_frames)
-        return hidden_states
-
-
-class UNetDownBlock(_Stage):
-    """``num_layers`` resnet(+attention)(+motion) layers, then an optional stride-2 conv.
-
-    Serves as diffusers' ``DownBlock2D`` / ``CrossAttnDownBlock2D`` and their ``*Motion`` forms.
-    ``forward`` returns the output and the skip tensors the mirrored up stage consumes.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        num_layers: int,
-        resnet: ResnetOptions,
-        *,
-        add_downsample: bool,
-        downsample_padding: int = 1,
-        attention: CrossAttentionOptions | None = None,
-        motion: MotionOptions | None = None,
-    ) -> None:
-        super().__init__()
-        self.resnets = nn.ModuleList(
-            resnet.build(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)
-        )
-        self._build_layers(out_channels, num_layers, resnet.groups, attention, motion)
-        self.downsamplers = (
-            nn.ModuleList([Downsample2D(out_channels, padding=downsample_padding)]) if add_downsample else None
-        )
-
-    def forward(
-        self, hidden_states: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None, num_frames: int = 1
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        skips = []
-        for index, resnet in enumerate(self.resnets):
-            hidden_states = self._after_resnet(index, resnet(hidden_states, temb), context, num_frames)
-            skips.append(hidden_states)
-        if self.downsamplers is not None:
-            hidden_states = self.downsamplers[0](hidden_states)
-            skips.append(hidden_states)
-        return hidden_states, skips
-
-
-class UNetMidBlock(_Stage):
-    """A resnet, then ``num_layers`` × (attention, optional motion, resnet), at the lowest resolution.
-
-    Serves as diffusers' ``UNetMidBlock2DCrossAttn`` and ``UNetMidBlockCrossAttnMotion`` (whose
-    motion module sits between the attention and the resnet).
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        resnet: ResnetOptions,
-        attention: CrossAttentionOptions,
-        *,
-        num_layers: int = 1,
-        motion: MotionOptions | None = None,
-    ) -> None:
-        super().__init__()
-        self.resnets = nn.ModuleList(resnet.build(channels, channels) for _ in range(num_layers + 1))
-        self._build_layers(channels, num_layers, resnet.groups, attention, motion)
-
-    def forward(
-        self, hidden_states: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None, num_frames: int = 1
-    ) -> torch.Tensor:
-        hidden_states = self.resnets[0](hidden_states, temb)
-        for index, resnet in enumerate(self.resnets[1:]):
-            hidden_states = resnet(self._after_resnet(index, hidden_states, context, num_frames), temb)
-        return hidden_states
-
-
-class UNetUpBlock(_Stage):
-    """Resnets on (input ⧺ skip) channels, each followed by optional attention and motion, then ×2 upsampling.
-
-    Serves as diffusers' ``UpBlock2D`` / ``CrossAttnUpBlock2D`` and their ``*Motion`` forms.
-    ``in_channels`` is the width of the deepest skip this stage takes, ``prev_output_channel`` the
-    width arriving from the stage below.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        prev_output_channel: int,
-        out_channels: int,
-        num_layers: int,
-        resnet: ResnetOptions,
-        *,
-        add_upsample: bool,
-        attention: CrossAttentionOptions | None = None,
-        motion: MotionOptions | None = None,
-    ) -> None:
-        super().__init__()
-
-        self.resnets = nn.ModuleList(
-            resnet.build(
-                up_resnet_in_channels(i, num_layers, in_channels, prev_output_channel, out_channels), out_channels
-            )
-            for i in range(num_layers)
-        )
-        self._build_layers(out_channels, num_layers, resnet.groups, attention, motion)
-        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        skips: list[torch.Tensor],
-        temb: torch.Tensor,
-        context: torch.Tensor | None,
-        num_frames: int = 1,
-        upsample_size: tuple[int, int] | None = None,
-    ) -> torch.Tensor:
-        """``skips`` are consumed last-first (the deepest skip meets the first resnet)."""
-        for index, resnet in enumerate(self.resnets):
-            hidden_states = torch.cat([hidden_states, skips[-1 - index]], dim=1)
-            hidden_states = self._after_resnet(index, resnet(hidden_states, temb), context, num_frames)
-        if self.upsamplers is not None:
-            hidden_states = self.upsamplers[0](hidden_states, upsample_size)
-        return hidden_states

@@ -26,16 +26,10 @@ from ..layers.frames import (
     video_to_frame_sequences,
     video_to_images,
 )
+from ..layers.unet_stage import DownStage, MidStage, UpStage, run_stages
 from .base import PretrainedModel
-from .unet_2d_blocks import ResnetOptions, check_config, per_block, run_stages
-from .unet_i2vgen_xl_blocks import (
-    ImageLatentsTemporalEncoder,
-    VideoDownBlock,
-    VideoMidBlock,
-    VideoStageOptions,
-    VideoUpBlock,
-    temporal_transformer,
-)
+from .unet_2d_blocks import ResnetOptions, check_config, per_block
+from .unet_i2vgen_xl_blocks import ImageLatentsTemporalEncoder, VideoStageOptions, temporal_transformer
 
 # Block type names of the config → whether the stage has transformers.
 _DOWN_BLOCK_ATTENTION = {"CrossAttnDownBlock3D": True, "DownBlock3D": False}
@@ -140,19 +134,20 @@ class I2VGenXLUNet(PretrainedModel):
     def _build_stages(self, options: VideoStageOptions, head_dims: tuple[int, ...]) -> None:
         config = self.config
         channels, layers, last = config.block_out_channels, config.layers_per_block, len(config.block_out_channels) - 1
+        resnet = options.resnet_part()
         self.down_blocks = nn.ModuleList(
-            VideoDownBlock(
-                channels[max(i - 1, 0)], channels[i], layers, options,
-                head_dim=head_dims[i] if _DOWN_BLOCK_ATTENTION[kind] else None, add_downsample=i < last,
+            DownStage(
+                channels[max(i - 1, 0)], channels[i], layers, resnet,
+                options.extras(head_dims[i] if _DOWN_BLOCK_ATTENTION[kind] else None), add_downsample=i < last,
             )
             for i, kind in enumerate(config.down_block_types)
         )
-        self.mid_block = VideoMidBlock(channels[-1], options, head_dim=head_dims[-1])
+        self.mid_block = MidStage(channels[-1], resnet, options.extras(head_dims[-1]))
         up_channels, up_heads = channels[::-1], head_dims[::-1]  # from the lowest resolution up
         self.up_blocks = nn.ModuleList(
-            VideoUpBlock(
-                up_channels[min(j + 1, last)], up_channels[max(j - 1, 0)], up_channels[j], layers + 1, options,
-                head_dim=up_heads[j] if _UP_BLOCK_ATTENTION[kind] else None, add_upsample=j < last,
+            UpStage(
+                up_channels[min(j + 1, last)], up_channels[max(j - 1, 0)], up_channels[j], layers + 1, resnet,
+                options.extras(up_heads[j] if _UP_BLOCK_ATTENTION[kind] else None), add_upsample=j < last,
             )
             for j, kind in enumerate(config.up_block_types)
         )
@@ -182,8 +177,7 @@ class I2VGenXLUNet(PretrainedModel):
             ``[B, out_channels, F, H, W]`` in the parameters' dtype.
         """
         self._check_inputs(sample, image_latents, image_embeddings, encoder_hidden_states)
-        num_frames = sample.shape[2]
-        context = self.encode_context(image_latents, image_embeddings, encoder_hidden_states, num_frames)
+        context = self.encode_context(image_latents, image_embeddings, encoder_hidden_states)
         return self.denoise(sample, timestep, fps, context, self.encode_image_latents(image_latents))
 
     def denoise(
@@ -191,16 +185,18 @@ class I2VGenXLUNet(PretrainedModel):
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
         fps: torch.Tensor | float | int,
-        frame_context: torch.Tensor,
+        context: torch.Tensor,
         image_features: torch.Tensor,
     ) -> torch.Tensor:
         """:meth:`forward` with the conditioning already encoded, for a sampler that calls the UNet
         many times with the same conditioning (the encodings depend on no timestep).
 
-        ``frame_context`` is :meth:`encode_context`'s ``[(B·F), L', D]``, ``image_features``
-        :meth:`encode_image_latents`'s ``[B, in_channels, F, H, W]``.
+        ``context`` is :meth:`encode_context`'s ``[B, L', D]`` (one per video; every frame attends to
+        it), ``image_features`` :meth:`encode_image_latents`'s ``[B, in_channels, F, H, W]``, whose
+        frames match ``sample``'s (a window of frames takes the same window of both).
         """
         batch, num_frames = sample.shape[0], sample.shape[2]
+        _check_encoded(sample, context, image_features)
         dtype = self.conv_in.weight.dtype
         emb = self._embed_time_and_fps(timestep, fps, batch)  # [B, D]
         images = video_to_images(torch.cat([sample.to(dtype), image_features], dim=1))  # [(B·F), 2·in_channels, H, W]
@@ -211,7 +207,7 @@ class I2VGenXLUNet(PretrainedModel):
             self.up_blocks,
             hidden,
             emb.repeat_interleave(num_frames, dim=0),  # [(B·F), D]
-            frame_context,
+            context.repeat_interleave(num_frames, dim=0),  # [(B·F), L', D]
             num_frames,
         )
         out = self.conv_out(F.silu(self.conv_norm_out(hidden)))  # [(B·F), C_out, H, W]
@@ -230,19 +226,18 @@ class I2VGenXLUNet(PretrainedModel):
         return self.time_embedding(features[0]) + self.fps_embedding(features[1])
 
     def encode_context(
-        self, image_latents: torch.Tensor, image_embeddings: torch.Tensor, text_states: torch.Tensor, num_frames: int
+        self, image_latents: torch.Tensor, image_embeddings: torch.Tensor, text_states: torch.Tensor
     ) -> torch.Tensor:
-        """The cross-attention context of every frame, ``[(B·F), L + 64 + in_channels, D]``: text
-        states, first-frame latent tokens and image-embedding tokens, repeated for the ``num_frames``
-        frames of each video. Inputs as in :meth:`forward`."""
+        """The cross-attention context of each video, ``[B, L + 64 + in_channels, D]``: text states,
+        first-frame latent tokens and image-embedding tokens; :meth:`denoise` gives it to every frame.
+        Inputs as in :meth:`forward`."""
         dtype = self.conv_in.weight.dtype
         image_latents, image_embeddings, text_states = (t.to(dtype) for t in (image_latents, image_embeddings, text_states))
         batch, cross = text_states.shape[0], self.config.cross_attention_dim
         first_frame = image_latents[:, :, 0]  # [B, 4, H, W]
         latent_tokens = images_to_tokens(self.image_latents_context_embedding(first_frame))  # [B, 64, D]
         image_tokens = self.context_embedding(image_embeddings).view(batch, self.config.in_channels, cross)
-        context = torch.cat([text_states, latent_tokens, image_tokens], dim=1)  # [B, L', D]
-        return context.repeat_interleave(num_frames, dim=0)
+        return torch.cat([text_states, latent_tokens, image_tokens], dim=1)  # [B, L', D]
 
     def encode_image_latents(self, image_latents: torch.Tensor) -> torch.Tensor:
         """``[B, 4, F, H, W]`` → ``[B, in_channels, F, H, W]``: per-frame convs, then attention across
@@ -274,6 +269,17 @@ class I2VGenXLUNet(PretrainedModel):
         states = encoder_hidden_states
         if not isinstance(states, torch.Tensor) or states.ndim != 3 or states.shape[0] != batch or states.shape[2] != cross:
             raise ValueError(f"encoder_hidden_states must be [{batch}, L, {cross}], got {_shape(states)}")
+
+
+def _check_encoded(sample: torch.Tensor, context: torch.Tensor, image_features: torch.Tensor) -> None:
+    """:meth:`I2VGenXLUNet.denoise`'s inputs must be per video and share ``sample``'s frames."""
+    batch, num_frames = sample.shape[0], sample.shape[2]
+    if context.ndim != 3 or context.shape[0] != batch:
+        raise ValueError(f"context must be one per video [{batch}, L', D] (encode_context's output), got {_shape(context)}")
+    if image_features.ndim != 5 or image_features.shape[0] != batch or image_features.shape[2:] != sample.shape[2:]:
+        raise ValueError(
+            f"image_features must be [{batch}, C, {num_frames}, H, W] like sample's frames, got {_shape(image_features)}"
+        )
 
 
 def _shape(value: object) -> object:

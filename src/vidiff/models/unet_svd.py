@@ -18,9 +18,9 @@ from torch.nn import functional as F
 from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.embeddings import TimestepEmbedding, batch_timesteps, sinusoidal_embedding
 from ..layers.frames import images_to_video, video_to_images
+from ..layers.unet_stage import DownStage, MidStage, UpStage, run_stages
 from .base import PretrainedModel
-from .unet_2d_blocks import run_stages
-from .unet_svd_blocks import SpatioTemporalDownBlock, SpatioTemporalMidBlock, SpatioTemporalUpBlock
+from .unet_svd_blocks import spatiotemporal_resnet, video_transformers
 
 # Block type names of the config → whether the stage has video transformers.
 _DOWN_BLOCK_ATTENTION = {"CrossAttnDownBlockSpatioTemporal": True, "DownBlockSpatioTemporal": False}
@@ -117,8 +117,10 @@ class UNetSpatioTemporalConditionModel(PretrainedModel):
         heads, cross, transformer_layers = (
             config.per_block(n) for n in ("num_attention_heads", "cross_attention_dim", "transformer_layers_per_block")
         )
-        self.mid_block = SpatioTemporalMidBlock(
-            channels[-1], time_embed_dim, heads[-1], cross[-1], transformer_layers_per_block=transformer_layers[-1]
+        self.mid_block = MidStage(
+            channels[-1],
+            spatiotemporal_resnet(time_embed_dim, eps=1e-5),
+            [video_transformers(heads[-1], transformer_layers[-1], cross[-1])],
         )
         self.up_blocks = self._build_up_blocks(time_embed_dim)
         self.conv_norm_out = nn.GroupNorm(32, channels[0], eps=1e-5)
@@ -135,18 +137,14 @@ class UNetSpatioTemporalConditionModel(PretrainedModel):
         for i, block_type in enumerate(config.down_block_types):
             with_attention = _DOWN_BLOCK_ATTENTION[block_type]
             blocks.append(
-                SpatioTemporalDownBlock(
+                DownStage(
                     channels[max(i - 1, 0)],
                     channels[i],
-                    temb_channels,
                     layers[i],
+                    # as released: eps 1e-6 in the attention stages, 1e-5 in the plain one
+                    spatiotemporal_resnet(temb_channels, eps=1e-6 if with_attention else 1e-5),
+                    [video_transformers(heads[i], transformer_layers[i], cross[i], with_attention)],
                     add_downsample=i < len(channels) - 1,
-                    with_attention=with_attention,
-                    # as released: 1e-6 in the attention stages, 1e-5 in the plain one
-                    resnet_eps=1e-6 if with_attention else 1e-5,
-                    num_attention_heads=heads[i],
-                    transformer_layers_per_block=transformer_layers[i],
-                    cross_attention_dim=cross[i],
                 )
             )
         return blocks
@@ -160,18 +158,16 @@ class UNetSpatioTemporalConditionModel(PretrainedModel):
         )
         blocks = nn.ModuleList()
         for i, block_type in enumerate(config.up_block_types):
+            with_attention = _UP_BLOCK_ATTENTION[block_type]
             blocks.append(
-                SpatioTemporalUpBlock(
+                UpStage(
                     channels[min(i + 1, len(channels) - 1)],
                     channels[max(i - 1, 0)],
                     channels[i],
-                    temb_channels,
                     layers[i] + 1,
+                    spatiotemporal_resnet(temb_channels, eps=1e-6),
+                    [video_transformers(heads[i], transformer_layers[i], cross[i], with_attention)],
                     add_upsample=i < len(channels) - 1,
-                    with_attention=_UP_BLOCK_ATTENTION[block_type],
-                    num_attention_heads=heads[i],
-                    transformer_layers_per_block=transformer_layers[i],
-                    cross_attention_dim=cross[i],
                 )
             )
         return blocks
@@ -199,7 +195,9 @@ class UNetSpatioTemporalConditionModel(PretrainedModel):
         dtype = self.conv_in.weight.dtype
         emb = self._condition_embedding(timestep, added_time_ids, batch, sample.device, dtype)  # [B, D]
         emb = emb.repeat_interleave(num_frames, dim=0)  # [(B·F), D]
-        context = encoder_hidden_states.to(dtype).repeat_interleave(num_frames, dim=0)  # [(B·F), L, D]
+        # one context per video [B, L, D]: each video transformer gives it to the frames (spatial
+        # attention) and attends to it once per video (temporal attention)
+        context = encoder_hidden_states.to(dtype)
 
         hidden = self.conv_in(video_to_images(sample.to(dtype)))  # [(B·F), C0, H, W]
         hidden = run_stages(self.down_blocks, self.mid_block, self.up_blocks, hidden, emb, context, num_frames)

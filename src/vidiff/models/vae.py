@@ -20,9 +20,10 @@ from ..layers.resnet import Downsample2D, ResBlock2D, Upsample2D
 
 @dataclasses.dataclass(frozen=True)
 class LatentDistribution:
-    """A diagonal Gaussian over latents ``[N, C, h, w]``, as the VAE encoder predicts it.
+    """A diagonal Gaussian over latents, as the VAE encoder predicts it.
 
-    The caller draws the noise for :meth:`sample`, so any RNG (torch or numpy) can be used.
+    Channels are on dim 1: ``[N, C, h, w]`` for images, ``[B, C, f, h, w]`` for videos. The caller
+    draws the noise for :meth:`sample`, so any RNG (torch or numpy) can be used.
     """
 
     mean: torch.Tensor
@@ -30,7 +31,7 @@ class LatentDistribution:
 
     @classmethod
     def from_moments(cls, moments: torch.Tensor) -> LatentDistribution:
-        """Split encoder moments ``[N, 2C, h, w]`` into mean and log-variance (clamped to [−30, 20])."""
+        """Split encoder moments ``[N, 2C, ...]`` into mean and log-variance (clamped to [−30, 20])."""
         mean, logvar = moments.chunk(2, dim=1)
         return cls(mean, logvar.clamp(-30.0, 20.0))
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from typing import ClassVar
-import re
 
 import torch
 from torch import nn
 
 from ..config import COUNT, SIZE, WIDTH, Config, ranges
+from . import video_vae
 from .base import PretrainedModel
+from .legacy_keys import rename_vae_attention
 from .vae import Decoder, Encoder, LatentDistribution
 from .vae_tiling import TileLayout, map_tiles
 
@@ -101,15 +102,9 @@ class AutoencoderKLConfig(Config):
         return self.sample_size if isinstance(self.sample_size, int) else int(self.sample_size[0])
 
 
-# SD 1.x-era diffusers checkpoints named the mid-block attention projections differently.
-_LEGACY_ATTENTION_KEY = re.compile(
-    r"^(?P<block>(?:encoder|decoder)\.mid_block\.attentions\.\d+)\.(?P<old>query|key|value|proj_attn)\."
-    r"(?P<kind>weight|bias)$"
-)
-_LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
-class AutoencoderKL(PretrainedModel):
+class AutoencoderKL(PretrainedModel, video_vae.FrameEncodedVAE):
     """SD's image VAE: :meth:`encode` images to a latent Gaussian, :meth:`decode` latents to images.
 
     Memory savers (off by default; results match the plain path within float noise for slicing,
@@ -144,20 +139,12 @@ class AutoencoderKL(PretrainedModel):
 
     @classmethod
     def rename_legacy_keys(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rename ``query`` / ``key`` / ``value`` / ``proj_attn`` of the mid-block attentions.
+        """Rename ``query`` / ``key`` / ``value`` / ``proj_attn`` of both mid-block attentions.
 
-        Old checkpoints hold those ``[C, C]`` linear layers under the names diffusers used before
-        ``to_q`` / ``to_k`` / ``to_v`` / ``to_out.0``; the tensors themselves are unchanged.
+        SD 1.x-era checkpoints hold those ``[C, C]`` linear layers under the names diffusers used before
+        ``to_q`` / ``to_k`` / ``to_v`` / ``to_out.0`` (the table is in :mod:`.legacy_keys`).
         """
-        renamed: dict[str, torch.Tensor] = {}
-        for key, tensor in state.items():
-            match = _LEGACY_ATTENTION_KEY.match(key)
-            if match is not None:
-                key = f"{match['block']}.{_LEGACY_ATTENTION_NAMES[match['old']]}.{match['kind']}"
-                if key in state:
-                    raise ValueError(f"checkpoint holds both {match.group(0)} and its current name {key}")
-            renamed[key] = tensor
-        return renamed
+        return rename_vae_attention(state, ("encoder.mid_block", "decoder.mid_block"))
 
     # ---- memory savers --------------------------------------------------------------------------
 
@@ -251,6 +238,23 @@ class AutoencoderKL(PretrainedModel):
         if self.use_slicing and latents.shape[0] > 1:
             return torch.cat([self._decode_batch(one) for one in latents.split(1)])
         return self._decode_batch(latents)
+
+    # ---- the video interface (vidiff.models.video_vae.VideoVAE; the rest in FrameEncodedVAE) ------
+
+    def decode_video(
+        self,
+        latents: torch.Tensor,
+        chunk_size: int | None = None,
+        progress: video_vae.ChunkProgress | None = None,
+    ) -> torch.Tensor:
+        """Unscaled latents ``[B, C, F, h, w]`` → videos ``[B, out_channels, F, 8h, 8w]`` in this VAE's dtype.
+
+        Frames are decoded ``chunk_size`` at a time (None: all at once); each on its own, so the
+        chunk size changes memory, not the frames. ``progress`` wraps the chunk starts (e.g. tqdm).
+        """
+        video_vae.check_video("latents", latents, self.config.latent_channels)
+        video_vae.check_chunk_size(chunk_size)
+        return video_vae.decode_frame_chunks(self.decode, latents.to(self.dtype), chunk_size, progress)
 
     def forward(
         self, images: torch.Tensor, sample_posterior: bool = False, noise: torch.Tensor | None = None

@@ -3,7 +3,8 @@
 ``AutoencoderKLTemporalDecoder.decode`` takes latents of whole videos as an image batch
 ``[(B·F), C, h, w]`` (frames of a video consecutive): its temporal resnets and final 3-D conv
 see all ``num_frames`` frames of a video at once, so how a pipeline chunks frames changes the
-output (SVD's ``decode_chunk_size``).
+output (SVD's ``decode_chunk_size``). ``decode_video`` (the video interface of
+``vidiff.models.video_vae``) takes ``[B, C, F, h, w]`` and does that chunking as diffusers' pipeline does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.frames import images_to_video, video_to_images
 from ..layers.resnet import Upsample2D
 from ..layers.temporal import SpatioTemporalResBlock, TemporalConv
+from . import video_vae
 from .base import PretrainedModel
+from .legacy_keys import rename_vae_attention
 from .vae import Encoder, LatentDistribution, vae_attention
 
 
@@ -140,7 +143,7 @@ class TemporalDecoder(nn.Module):
         return video_to_images(self.time_conv_out(images_to_video(images, num_frames)))
 
 
-class AutoencoderKLTemporalDecoder(PretrainedModel):
+class AutoencoderKLTemporalDecoder(PretrainedModel, video_vae.FrameEncodedVAE):
     """SVD's VAE: :meth:`encode` single images, :meth:`decode` whole videos."""
 
     config_class = AutoencoderKLTemporalDecoderConfig
@@ -161,6 +164,16 @@ class AutoencoderKLTemporalDecoder(PretrainedModel):
             layers_per_block=config.layers_per_block,
         )
         self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, kernel_size=1)
+
+    @classmethod
+    def rename_legacy_keys(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename ``query`` / ``key`` / ``value`` / ``proj_attn`` of the encoder's mid-block attention.
+
+        The encoder is SD's image encoder, whose attention older checkpoints stored under those names
+        (the table is in :mod:`.legacy_keys`); the temporal decoder's attention never had them, so old
+        names there stay unexpected keys, as in diffusers.
+        """
+        return rename_vae_attention(state, ("encoder.mid_block",))
 
     def encode(self, images: torch.Tensor) -> LatentDistribution:
         """Images ``[N, in_channels, H, W]`` in [−1, 1] → the latent distribution over ``[N, C, H/8, W/8]``.
@@ -188,3 +201,27 @@ class AutoencoderKLTemporalDecoder(PretrainedModel):
                 f"num_frames must be ≥ 1 and divide the latent batch ({latents.shape[0]}), got {num_frames}"
             )
         return self.decoder(latents.to(self.quant_conv.weight.dtype), num_frames)
+
+    # ---- the video interface (vidiff.models.video_vae.VideoVAE; the rest in FrameEncodedVAE) ------
+
+    def decode_video(
+        self,
+        latents: torch.Tensor,
+        chunk_size: int | None = None,
+        progress: video_vae.ChunkProgress | None = None,
+    ) -> torch.Tensor:
+        """Unscaled latents ``[B, C, F, h, w]`` → videos ``[B, out_channels, F, 8h, 8w]`` in this VAE's dtype.
+
+        As in diffusers' SVD pipeline, the frames of all videos form one sequence cut into chunks of
+        ``chunk_size`` frames (None: ``F``, so each video is one chunk), and each chunk is decoded
+        as one temporal window, even when it spans two videos: the chunk size changes the output.
+        ``progress`` wraps the chunk starts (e.g. tqdm).
+        """
+        video_vae.check_video("latents", latents, self.config.latent_channels)
+        video_vae.check_chunk_size(chunk_size)
+        chunk_size = latents.shape[2] if chunk_size is None else chunk_size
+
+        def decode_window(frames: torch.Tensor) -> torch.Tensor:
+            return self.decode(frames, num_frames=frames.shape[0])  # one chunk = one temporal window
+
+        return video_vae.decode_frame_chunks(decode_window, latents.to(self.dtype), chunk_size, progress)

@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 
-from .. import loading
 from ..diffusion.guidance import ClassifierFreeGuidance, NoGuidance
-from ..diffusion.schedulers import DDIMScheduler
+from ..diffusion.noise import GeneratorInput, check_generator, seeded_noise
 from ..models.clip_text import CLIPTextModel
 from ..models.motion_adapter import MotionAdapter
 from ..models.unet_2d import UNet2DConditionModel
@@ -25,7 +24,6 @@ from ..models.unet_motion import UNetMotionModel
 from ..models.vae_kl import AutoencoderKL
 from ..tokenizer import CLIPTokenizer
 from . import frames as frames_io
-from .noise import GeneratorInput, check_generator, randn
 from .text_video import CALLBACK_TENSOR_INPUTS, SCHEDULERS, TextVideoPipeline
 
 logger = logging.getLogger(__name__)
@@ -43,7 +41,7 @@ class AnimateDiffPipeline(TextVideoPipeline):
     Components: ``vae`` (AutoencoderKL), ``text_encoder`` (CLIPTextModel), ``tokenizer``
     (CLIPTokenizer), ``unet`` (UNetMotionModel; a UNet2DConditionModel is combined with
     ``motion_adapter`` on construction), ``motion_adapter`` (optional once the UNet has its motion
-    modules) and ``scheduler`` (DDIM, Euler, Euler-ancestral, DPM-Solver++ or LCM; assigning
+    modules) and ``scheduler`` (DDIM, Euler, Euler-ancestral, DPM-Solver++, LCM or PNDM; assigning
     ``pipe.scheduler`` switches the sampler). A Stable Diffusion repository's ``safety_checker`` and
     ``feature_extractor`` are not used and never downloaded.
     """
@@ -57,6 +55,8 @@ class AnimateDiffPipeline(TextVideoPipeline):
         "scheduler": SCHEDULERS,
     }
     optional_components = frozenset({"motion_adapter"})
+    # cond/uncond: encoder_hidden_states [B, 77, D] only, shared by every frame: no frame-indexed input.
+    frame_axes = {}
 
     unet: UNetMotionModel
     motion_adapter: MotionAdapter | None
@@ -84,19 +84,6 @@ class AnimateDiffPipeline(TextVideoPipeline):
                 logger.info("the unet is a UNetMotionModel; not loading the separate motion_adapter copy")
                 return False
         return super()._wants_component(name, index)
-
-    @classmethod
-    def _component_class(cls, checkpoint: loading.Checkpoint, index: Mapping, name: str, classes: dict[str, type]) -> type:
-        entry = index.get(name)
-        if name == "scheduler" and isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] not in classes:
-            # Stable Diffusion repositories ship e.g. a PNDMScheduler, which vidiff does not have. Its
-            # β schedule is what matters, and DDIM reads it; AnimateDiff guides replace it anyway.
-            logger.warning(
-                "%s: scheduler %s is not available in vidiff; using DDIMScheduler with its config "
-                "(assign pipe.scheduler to choose another: %s)", checkpoint.name, entry[1], ", ".join(sorted(classes)),
-            )
-            return DDIMScheduler
-        return super()._component_class(checkpoint, index, name, classes)
 
 
     # ------------------------------------------------------------------ generation
@@ -136,7 +123,7 @@ class AnimateDiffPipeline(TextVideoPipeline):
             negative_prompt: what to steer away from (text or one per prompt; default ""); used
                 only with guidance. ``negative_prompt_embeds``: precomputed instead.
             num_videos_per_prompt: videos per prompt (1; honoured, unlike diffusers which forces 1).
-            eta: DDIM's η (0.0 = deterministic); only DDIMScheduler uses it.
+            eta: DDIM's η (0.0 = deterministic); other schedulers refuse a non-zero η.
             generator: torch or numpy generator, or a list of one per video. torch reproduces
                 diffusers' draws; numpy gives the same video on every device.
             latents: initial noise ``[B, 4, F, H/8, W/8]`` (B = prompts × num_videos_per_prompt).
@@ -168,17 +155,17 @@ class AnimateDiffPipeline(TextVideoPipeline):
             uncond = {"encoder_hidden_states": negative_prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)}
 
         plan = self._plan(num_inference_steps, eta, device)
-        shape = (batch_size, self.unet.config.in_channels, num_frames, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (batch_size, *self.vae.latent_shape(num_frames, height, width))  # [B, C, f, h, w]
         latents = self._initial_latents(shape, latents, generator, device, prompt_embeds.dtype) * plan.init_noise_sigma
 
         latents = self._denoise(
             latents, plan, cond, uncond, ClassifierFreeGuidance(guidance_scale) if guided else NoGuidance(),
             callback_on_step_end, callback_on_step_end_tensor_inputs,
-            noise=lambda noise_shape, noise_dtype=None: randn(noise_shape, generator, device=device, dtype=noise_dtype or latents.dtype),
+            noise=seeded_noise(generator, device, latents.dtype),
         )
         return self._finish(latents, output_type, return_dict, decode_chunk_size)
 
     # ------------------------------------------------------------------ steps of __call__
-    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        # x: [B', 4, F, h, w]; the text embedding [B', 77, D] is shared by every frame of its video.
+    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # x: [B', 4, F, h, w]; the text embedding [B', 77, D] is per video (the UNet gives it to every frame).
         return self.unet(x, timestep, cond["encoder_hidden_states"])

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from .. import __version__, loading
 from ..diffusion.guidance import Guidance
 from ..diffusion.loop import SamplingPlan, sample
-from ..diffusion.steppers import NoiseSource
+from ..diffusion.noise import NoiseSource
+from ..diffusion.windows import NetworkWrapper
 from . import arguments
 from . import frames as frames_io
 
@@ -37,6 +38,13 @@ class Pipeline:
     components: ClassVar[dict[str, dict[str, type]]]
     # Components a checkpoint may lack (absent or ``[null, null]`` in model_index.json): they load as None.
     optional_components: ClassVar[frozenset[str]] = frozenset()
+    # The conditioning contract: every input the pipeline hands the loop (``cond``/``uncond``) is per
+    # video, ``[B, …]``; those that also vary per frame are named here with the axis holding their
+    # frames (the latents' is always 2, in [B, C, F, H, W]). Network wrappers slice along these axes.
+    frame_axes: ClassVar[Mapping[str, int]] = {}
+    # Wraps the network the loop calls: ``(network, frame_axes) -> network``, e.g.
+    # ``vidiff.diffusion.windows.FrameWindows([(0, 16), (8, 24)])``. None: the network as is.
+    network_wrapper: NetworkWrapper | None = None
 
     def __init__(self, **components: Any) -> None:
         expected = set(self.components)
@@ -66,9 +74,10 @@ class Pipeline:
     ) -> P:
         """Load a pipeline from a local folder or Hub id in the diffusers layout.
 
-        ``dtype`` (alias ``torch_dtype``) casts the networks' weights (default: as stored);
-        ``variant="fp16"`` picks ``*.fp16.safetensors`` where present; components passed as keyword
-        arguments (``unet=my_unet``) replace the stored ones and are not loaded.
+        ``dtype`` (alias ``torch_dtype``) casts every network's weights (default: float32 for all of
+        them, whatever the files store, as in diffusers); ``variant="fp16"`` picks ``*.fp16.*`` weight
+        files where a component has them and its default files elsewhere; components passed as keyword
+        arguments (``unet=my_unet``) replace the stored ones and are neither loaded nor cast.
         """
         unknown = sorted(set(components) - set(cls.components))
         if unknown:
@@ -187,8 +196,8 @@ class Pipeline:
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell along each side: 2 per VAE down block after the first (8 for the released VAEs)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """Pixels per latent cell along each side (the VAE's ``spatial_scale_factor``; 8 for the released VAEs)."""
+        return self.vae.spatial_scale_factor
 
     # ------------------------------------------------------------------ devices and dtypes
     def _modules(self) -> list[torch.nn.Module]:
@@ -224,13 +233,23 @@ class Pipeline:
         return modules[0].dtype if modules else torch.float32
 
     # ------------------------------------------------------------------ the common tail of __call__
-    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The denoiser as the loop calls it; each pipeline maps its conditioning onto its UNet."""
+    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The denoiser as the loop calls it, ``x`` ``[B', C, F, h, w]`` → same shape; each pipeline
+        maps its per-video conditioning (frame axes as :attr:`frame_axes` declares) onto its network."""
         raise NotImplementedError
 
     def _decode(self, latents: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-        """Final latents [B, C, F, h, w] → frames [B, 3, F, H, W] in [-1, 1]."""
-        raise NotImplementedError
+        """Final scaled latents [B, C, f, h, w] → float32 frames [B, 3, F, H, W] in [-1, 1].
+
+        ``chunk_size`` latent frames per VAE call, as the VAE's ``decode_video`` defines it (None: its
+        default); the bar over the chunks reads "decoding".
+        """
+        frames = self.vae.decode_video(
+            latents / self.vae.config.scaling_factor,
+            chunk_size,
+            progress=lambda starts: self.progress_bar(starts, total=len(starts), desc="decoding"),
+        )
+        return frames.float()
 
     def _denoise(
         self,
@@ -243,9 +262,11 @@ class Pipeline:
         tensor_inputs: Sequence[str],
         noise: NoiseSource | None = None,
     ) -> torch.Tensor:
-        """Run the one denoising loop with this pipeline's network, step callback and progress bar."""
+        """Run the one denoising loop with this pipeline's network (through :attr:`network_wrapper`,
+        if set), step callback and progress bar."""
+        network = self._network if self.network_wrapper is None else self.network_wrapper(self._network, self.frame_axes)
         return sample(
-            self._network,
+            network,
             latents,
             plan,
             cond,

@@ -12,7 +12,7 @@ global RNG instead of ``generator``; vidiff does not copy that).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import PIL.Image
@@ -26,7 +26,7 @@ from ..models.unet_i2vgen_xl import I2VGenXLUNet
 from ..models.vae_kl import AutoencoderKL
 from ..tokenizer import CLIPTokenizer
 from . import frames as frames_io
-from .noise import GeneratorInput, check_generator, randn
+from ..diffusion.noise import GeneratorInput, check_generator, randn, seeded_noise
 from .prompts import PromptInput
 from .text_video import CALLBACK_TENSOR_INPUTS, SCHEDULERS, TextVideoPipeline
 
@@ -52,6 +52,9 @@ class I2VGenXLPipeline(TextVideoPipeline):
         "scheduler": SCHEDULERS,
     }
     clip_skip_negative = True
+    # cond/uncond: context [B, L', D] and fps [B] per video; image_features [B, C, F, h, w], the
+    # encoded image latents of each frame (frame axis 2).
+    frame_axes = {"image_features": 2}
 
     image_encoder: CLIPVisionModelWithProjection
     feature_extractor: CLIPImageProcessor
@@ -100,7 +103,7 @@ class I2VGenXLPipeline(TextVideoPipeline):
             guidance_scale: classifier-free guidance weight (9.0); guidance is off at ≤ 1.
             negative_prompt: what to steer away from (text or one per prompt; default ""); used
                 only with guidance. ``negative_prompt_embeds``: precomputed instead.
-            eta: DDIM's η (0.0 = deterministic); only DDIMScheduler uses it.
+            eta: DDIM's η (0.0 = deterministic); other schedulers refuse a non-zero η.
             num_videos_per_prompt: videos per prompt (1).
             decode_chunk_size: frames per VAE decoder call (1; None = all at once). Each frame is
                 decoded on its own, so this trades memory for speed and never changes the frames.
@@ -147,40 +150,34 @@ class I2VGenXLPipeline(TextVideoPipeline):
         latents_in = per_video(image_latents)  # [B, 4, F, h, w]
         image_embeds = per_video(image_embeddings)  # [B, D]
         cond = {
-            "frame_context": self.unet.encode_context(latents_in, image_embeds, per_video(prompt_embeds), num_frames),
-            "image_features": self.unet.encode_image_latents(latents_in),
-            "fps": torch.full((batch_size,), float(target_fps), device=device),
+            "context": self.unet.encode_context(latents_in, image_embeds, per_video(prompt_embeds)),  # [B, L', D]
+            "image_features": self.unet.encode_image_latents(latents_in),  # [B, C, F, h, w]
+            "fps": torch.full((batch_size,), float(target_fps), device=device),  # [B]
         }
         uncond = None
         if guided:
             # The unconditional branch: negative prompt and a zero image embedding; same image latents and fps.
-            negative_context = self.unet.encode_context(
-                latents_in, torch.zeros_like(image_embeds), per_video(negative_prompt_embeds), num_frames
-            )
-            uncond = {**cond, "frame_context": negative_context}
+            negative_context = self.unet.encode_context(latents_in, torch.zeros_like(image_embeds), per_video(negative_prompt_embeds))
+            uncond = {**cond, "context": negative_context}
 
         plan = self._plan(num_inference_steps, eta, device)
         dtype = prompt_embeds.dtype
-        shape = (batch_size, self.unet.config.in_channels, num_frames, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (batch_size, *self.vae.latent_shape(num_frames, height, width))  # [B, C, f, h, w]
         latents = self._initial_latents(shape, latents, generator, device, dtype) * plan.init_noise_sigma
-
-        def step_noise(noise_shape: Sequence[int], noise_dtype: torch.dtype | None = None) -> torch.Tensor:
-            # diffusers steps frame by frame ([B·F, C, h, w]); draw in that order, return [B, C, F, h, w].
-            b, c, f, h, w = noise_shape
-            noise = randn((b, f, c, h, w), generator, device=device, dtype=noise_dtype or latents.dtype)
-            return noise.permute(0, 2, 1, 3, 4)
 
         latents = self._denoise(
             latents, plan, cond, uncond, ClassifierFreeGuidance(guidance_scale) if guided else NoGuidance(),
-            callback_on_step_end, callback_on_step_end_tensor_inputs, noise=step_noise,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+            # diffusers' I2VGen-XL latents are [B, F, C, h, w]: step noise is drawn frame-major.
+            noise=seeded_noise(generator, device, latents.dtype, frames_first=True),
         )
         return self._finish(latents, output_type, return_dict, decode_chunk_size)
 
     # ------------------------------------------------------------------ steps of __call__
-    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        # x: [B', C, F, h, w]; fps and image features have one row per video of the (doubled) batch,
-        # the context one row per frame — video-major, so [uncond; cond] stacks line up with x.
-        return self.unet.denoise(x, timestep, cond["fps"], cond["frame_context"], cond["image_features"])
+    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # x: [B', C, F, h, w]; per video of the (doubled) batch: fps [B'], context [B', L', D] (the UNet
+        # gives it to every frame) and image features [B', C, F, h, w] (frame axis 2).
+        return self.unet.denoise(x, timestep, cond["fps"], cond["context"], cond["image_features"])
 
     def _encode_clip(self, pils: list[PIL.Image.Image], width: int, device: torch.device) -> torch.Tensor:
         """CLIP image embeddings [N, D] of the images' ``width × width`` centre crops.

@@ -7,23 +7,28 @@ Numbers match diffusers' ``StableVideoDiffusionPipeline`` on the same weights an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ..diffusion.guidance import FrameRampGuidance, NoGuidance
-from ..diffusion.schedulers import EulerDiscreteScheduler
+from ..diffusion.noise import GeneratorInput, check_generator, randn, seeded_noise
+from ..diffusion.parameterization import ContinuousTimesteps, Parameterization
+from ..schedulers import SCHEDULERS, AnyScheduler
 from ..image_processing import CLIPImageProcessor
 from ..models.clip import CLIPVisionModelWithProjection
 from ..models.unet_svd import UNetSpatioTemporalConditionModel
 from ..models.vae_temporal import AutoencoderKLTemporalDecoder
+from ..models.video_vae import upcast_if_forced
 from . import arguments
 from . import frames as frames_io
 from .base import Pipeline
-from .noise import GeneratorInput, check_generator, randn
 
 CALLBACK_TENSOR_INPUTS = ("latents",)
+# SVD's UNet convention, whatever the scheduler's config says: v-prediction, told c_noise = ¼·ln σ
+# (Karras et al. 2022, Table 1). Every scheduler builds its σ schedule around it.
+NETWORK = Parameterization("v_prediction", ContinuousTimesteps())
 
 
 class StableVideoDiffusionPipeline(Pipeline):
@@ -38,15 +43,21 @@ class StableVideoDiffusionPipeline(Pipeline):
         "vae": {"AutoencoderKLTemporalDecoder": AutoencoderKLTemporalDecoder},
         "image_encoder": {"CLIPVisionModelWithProjection": CLIPVisionModelWithProjection},
         "unet": {"UNetSpatioTemporalConditionModel": UNetSpatioTemporalConditionModel},
-        "scheduler": {"EulerDiscreteScheduler": EulerDiscreteScheduler},
+        # Euler as released, listed first as the usual one (diffusers' parity); any other scheduler
+        # samples in σ-space around NETWORK.
+        "scheduler": {"EulerDiscreteScheduler": SCHEDULERS["EulerDiscreteScheduler"], **SCHEDULERS},
         # transformers without torchvision names its processor CLIPImageProcessorPil; same config.
         "feature_extractor": {"CLIPImageProcessor": CLIPImageProcessor, "CLIPImageProcessorPil": CLIPImageProcessor},
     }
 
+    # cond/uncond: image_embeddings [B, 1, D], added_time_ids [B, 3] (per video), and
+    # image_latents [B, 4, F, h, w], the conditioning latent beside every frame (frame axis 2).
+    frame_axes = {"image_latents": 2}
+
     vae: AutoencoderKLTemporalDecoder
     image_encoder: CLIPVisionModelWithProjection
     unet: UNetSpatioTemporalConditionModel
-    scheduler: EulerDiscreteScheduler
+    scheduler: AnyScheduler
     feature_extractor: CLIPImageProcessor
 
 
@@ -72,6 +83,7 @@ class StableVideoDiffusionPipeline(Pipeline):
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = CALLBACK_TENSOR_INPUTS,
         return_dict: bool = True,
+        eta: float = 0.0,
     ) -> frames_io.VideoPipelineOutput | Any:
         """Generate ``num_frames`` frames that continue ``image``.
 
@@ -97,6 +109,8 @@ class StableVideoDiffusionPipeline(Pipeline):
             callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict``; a returned
                 ``"latents"`` replaces the latents. ``callback_on_step_end_tensor_inputs``: ["latents"].
             return_dict: return a VideoPipelineOutput (True) or the tuple ``(frames,)``.
+            eta: DDIM's η (0.0 = deterministic; not a diffusers SVD option); other schedulers
+                refuse a non-zero η.
         """
         num_frames = self.unet.config.num_frames if num_frames is None else num_frames
         decode_chunk_size = num_frames if decode_chunk_size is None else decode_chunk_size
@@ -128,20 +142,24 @@ class StableVideoDiffusionPipeline(Pipeline):
             # SVD's unconditional branch: zeroed image embedding and image latents, same time ids.
             uncond = {**cond, "image_embeddings": torch.zeros_like(image_embeddings), "image_latents": torch.zeros_like(image_latents)}
 
-        plan = self.scheduler.plan(num_inference_steps, sigmas=sigmas, device=device)
-        shape = (batch_size, self.vae.config.latent_channels, num_frames, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        # eta only when non-zero: the released Euler scheduler has none and refuses it by name.
+        plan = self.scheduler.plan(num_inference_steps, sigmas=sigmas, eta=eta or None, device=device, network=NETWORK)
+        shape = (batch_size, *self.vae.latent_shape(num_frames, height, width))  # [B, C, f, h, w]
         latents = self._initial_latents(shape, latents, generator, device, dtype) * plan.init_noise_sigma
         guidance = FrameRampGuidance(min_guidance_scale, max_guidance_scale, num_frames) if guided else NoGuidance()
 
         latents = self._denoise(
             latents, plan, cond, uncond, guidance,
             callback_on_step_end, callback_on_step_end_tensor_inputs,
+            # Stochastic schedulers' step noise, drawn [B, F, C, h, w] as diffusers' SVD latents are laid out.
+            noise=seeded_noise(generator, device, latents.dtype, frames_first=True),
         )
         return self._finish(latents, output_type, return_dict, decode_chunk_size)
 
     # ------------------------------------------------------------------ steps of __call__
-    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        # x: [B', 4, F, h, w] scaled noisy latents; the conditioning latents ride along as 4 more channels.
+    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # x: [B', 4, F, h, w] scaled noisy latents; the conditioning latents [B', 4, F, h, w] ride
+        # along as 4 more channels; the UNet gives every frame its video's image embedding.
         sample_in = torch.cat([x, cond["image_latents"]], dim=1)
         return self.unet(sample_in, timestep, cond["image_embeddings"], cond["added_time_ids"])
 
@@ -156,41 +174,16 @@ class StableVideoDiffusionPipeline(Pipeline):
         image = frames_io.resize_images(pixels, pils, height, width).to(device) * 2.0 - 1.0  # [-1, 1]
         # First draw of the run: the augmentation noise, shaped like the image batch (diffusers' order).
         image = image + noise_aug_strength * randn(image.shape, generator, device=device, dtype=image.dtype)
-        # fp16 VAEs marked force_upcast overflow when encoding: encode in float32, then restore.
-        upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
-        vae_dtype = self.vae.dtype
-        if upcast:
-            self.vae.to(torch.float32)
-        try:
-            return self.vae.encode(image.to(self.vae.dtype)).mode()
-        finally:
-            if upcast:
-                self.vae.to(vae_dtype)
+        # fp16 VAEs marked force_upcast overflow when encoding: encode with a float32 copy (self.vae,
+        # which other code may share, keeps its dtype throughout).
+        vae = upcast_if_forced(self.vae)
+        return vae.encode(image.to(vae.dtype)).mode()
 
     def _initial_latents(self, shape, latents, generator, device, dtype) -> torch.Tensor:
         if latents is not None:
             return arguments.given_latents(latents, shape, device, dtype)
-        batch, channels, num_frames, h, w = shape
-        # diffusers draws [B, F, C, h, w]; draw the same numbers, then move to vidiff's layout.
-        noise = randn((batch, num_frames, channels, h, w), generator, device=device, dtype=dtype)
-        return noise.permute(0, 2, 1, 3, 4)
-
-    def _decode(self, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
-        """[B, 4, F, h, w] → [B, 3, F, H, W] in [-1, 1], ``chunk_size`` frames per decoder call.
-
-        Like diffusers, the frames of all videos are decoded as one sequence cut into chunks, and each
-        chunk is one temporal window of the decoder.
-        """
-        batch, _, num_frames = latents.shape[:3]
-        flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / self.vae.config.scaling_factor  # [B·F, 4, h, w]
-        flat = flat.to(self.vae.dtype)
-        starts = range(0, flat.shape[0], chunk_size)
-        pieces = [
-            self.vae.decode(flat[i : i + chunk_size], num_frames=flat[i : i + chunk_size].shape[0])
-            for i in self.progress_bar(starts, total=len(starts), desc="decoding")
-        ]
-        frames = torch.cat(pieces).float()  # [B·F, 3, H, W]
-        return frames.unflatten(0, (batch, num_frames)).permute(0, 2, 1, 3, 4)
+        # diffusers draws [B, F, C, h, w]; draw the same numbers in vidiff's [B, C, F, h, w] layout.
+        return randn(shape, generator, device=device, dtype=dtype, frames_first=True)
 
     @staticmethod
     def _check_arguments(height, width, num_frames, steps, min_scale, max_scale, chunk, videos, output_type, tensor_inputs) -> None:

@@ -1,7 +1,7 @@
 """What the Stable-Diffusion-family video pipelines share (AnimateDiff, I2VGen-XL).
 
-Both condition on CLIP text states with classifier-free guidance, sample with a VP scheduler
-(DDIM by default; Euler, Euler-ancestral, DPM-Solver++ and LCM may be swapped in), and decode
+Both condition on CLIP text states with classifier-free guidance, sample with any scheduler
+(DDIM by default; Euler, Euler-ancestral, DPM-Solver++, LCM and PNDM may be swapped in), and decode
 every frame on its own with a 2-D ``AutoencoderKL``.
 """
 
@@ -13,13 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from ..diffusion.loop import SamplingPlan
-from ..diffusion.schedulers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LCMScheduler,
-)
+from ..diffusion.noise import GeneratorInput, randn
+from ..schedulers import SCHEDULERS, AnyScheduler
 from ..models.clip_text import CLIPTextModel
 from ..models.vae_kl import AutoencoderKL
 from ..tokenizer import CLIPTokenizer
@@ -27,19 +22,12 @@ from . import arguments
 from . import frames as frames_io
 from . import prompts as prompt_io
 from .base import Pipeline
-from .noise import GeneratorInput, randn
 
 logger = logging.getLogger(__name__)
 
 CALLBACK_TENSOR_INPUTS = ("latents",)
-# The schedulers these pipelines accept, keyed by the class name model_index.json writes.
-SCHEDULERS = {
-    cls.__name__: cls
-    for cls in (
-        DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, LCMScheduler,
-    )
-}
-Scheduler = DDIMScheduler | EulerDiscreteScheduler | EulerAncestralDiscreteScheduler | DPMSolverMultistepScheduler | LCMScheduler
+# SCHEDULERS (every public scheduler) is what these pipelines accept.
+__all__ = ["CALLBACK_TENSOR_INPUTS", "SCHEDULERS", "TextVideoPipeline"]
 
 
 class TextVideoPipeline(Pipeline):
@@ -52,7 +40,7 @@ class TextVideoPipeline(Pipeline):
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
-    scheduler: Scheduler
+    scheduler: AnyScheduler
 
     def _text_conditioning(
         self,
@@ -83,12 +71,9 @@ class TextVideoPipeline(Pipeline):
         return prompt_embeds, negative_prompt_embeds.to(device=device, dtype=self.text_encoder.dtype)
 
     def _plan(self, num_inference_steps: int, eta: float, device: torch.device) -> SamplingPlan:
-        """The scheduler's sampling plan; ``eta`` goes to DDIM and is ignored (with a warning) elsewhere."""
-        if isinstance(self.scheduler, DDIMScheduler):
-            return self.scheduler.plan(num_inference_steps, eta=eta, device=device)
-        if eta:
-            logger.warning("eta=%s is ignored: only DDIMScheduler uses it (the scheduler is %s)", eta, type(self.scheduler).__name__)
-        return self.scheduler.plan(num_inference_steps, device=device)
+        """The scheduler's sampling plan; ``eta`` is asked for only when non-zero (a scheduler without
+        η refuses it by name), so the default call suits every scheduler."""
+        return self.scheduler.plan(num_inference_steps, eta=eta or None, device=device)
 
     @staticmethod
     def _initial_latents(
@@ -99,20 +84,6 @@ class TextVideoPipeline(Pipeline):
         if latents is not None:
             return arguments.given_latents(latents, shape, device, dtype)
         return randn(shape, generator, device=device, dtype=dtype)
-
-    def _decode(self, latents: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-        """[B, C, F, h, w] → [B, 3, F, H, W] in [-1, 1], ``chunk_size`` frames per VAE call (None: all).
-
-        The image VAE decodes every frame on its own, so the chunk size changes memory, not the result.
-        """
-        batch, _, num_frames = latents.shape[:3]
-        flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / self.vae.config.scaling_factor  # [B·F, C, h, w]
-        flat = flat.to(self.vae.dtype)
-        chunk_size = flat.shape[0] if chunk_size is None else chunk_size
-        starts = range(0, flat.shape[0], chunk_size)
-        pieces = [self.vae.decode(flat[i : i + chunk_size]) for i in self.progress_bar(starts, total=len(starts), desc="decoding")]
-        frames = torch.cat(pieces).float()  # [B·F, 3, H, W]
-        return frames.unflatten(0, (batch, num_frames)).permute(0, 2, 1, 3, 4)
 
     def _check_arguments(
         self, height, width, num_frames, steps, guidance_scale, eta, videos, chunk, output_type, tensor_inputs

@@ -1,5 +1,7 @@
-"""What every public scheduler shares: its typed config, loading and saving, the step output, the
-option checks common to the DDPM-trained schedulers, and the step counter of diffusers' stateful surface.
+"""What every public scheduler shares: its typed config, loading and saving, the one plan protocol
+(``plan(...)`` answers a :class:`~vidiff.diffusion.plan.PlanRequest`), the one step body of the
+public ``step()``, the step output, the option checks common to the DDPM-trained schedulers, and
+the step counter of diffusers' stateful surface.
 
 A public scheduler is a typed config plus methods that map it onto :mod:`vidiff.diffusion`'s
 functions. Its JSON is diffusers' ``scheduler_config.json``, so checkpoints load unchanged and what
@@ -8,16 +10,21 @@ vidiff saves loads in diffusers.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
+import torch
 from torch import Tensor
 
-from ... import loading
-from ...config import Config
-from .. import sigmas as schedules
+from .. import loading
+from ..config import Config
+from ..diffusion import sigmas as schedules
+from ..diffusion.parameterization import Parameterization
+from ..diffusion.plan import PlanRequest, SamplingPlan, StepResult, Values, advance, skip_steps, strength_start
+from ..diffusion.steppers import StepContext, Stepper
 
 S = TypeVar("S", bound="Scheduler")
 
@@ -90,6 +97,20 @@ class Scheduler:
     """
 
     config_class: ClassVar[type[Config]]
+    # The PlanRequest options (PlanRequest.OPTIONS) this scheduler's plan honours, and why the
+    # others are refused (shown in the error).
+    honours: ClassVar[frozenset[str]] = frozenset()
+    refusal_reasons: ClassVar[Mapping[str, str]] = {
+        "eta": "its steps have no η (DDIMScheduler's option); leave eta unset",
+        "use_clipped_model_output": "it is a DDIMScheduler option",
+        "original_inference_steps": "it is an LCMScheduler option",
+        "sigmas": "it samples at whole training timesteps; pass num_inference_steps or timesteps",
+        "timesteps": "it has no custom timesteps; pass num_inference_steps",
+        "strength": "it cannot start part-way through its schedule",
+    }
+    # Whether _plan applies ``strength`` itself; otherwise plan() skips the first steps generically.
+    native_strength: ClassVar[bool] = False
+    parameterization: Parameterization
     # Written into model_index.json by pipelines: the library whose class name this mirrors.
     library: ClassVar[str] = "diffusers"
     # Steps of the stateful surface's schedule; None until set_timesteps.
@@ -141,6 +162,61 @@ class Scheduler:
         directory.mkdir(parents=True, exist_ok=True)
         raw = {"_class_name": type(self).__name__, **self.config.to_diffusers()}
         loading.write_json(directory / CONFIG_NAME, raw)
+
+    # ------------------------------------------------------------------ the one plan protocol
+    def plan(
+        self,
+        num_inference_steps: int | None = None,
+        *,
+        sigmas: Values | None = None,
+        timesteps: Values | None = None,
+        eta: float | None = None,
+        strength: float | None = None,
+        device: torch.device | str | None = None,
+        network: Parameterization | None = None,
+        original_inference_steps: int | None = None,
+        use_clipped_model_output: bool | None = None,
+    ) -> SamplingPlan:
+        """The sampling plan for a :class:`~vidiff.diffusion.plan.PlanRequest` of these fields.
+
+        Every scheduler takes the same arguments; one it cannot honour is a ValueError naming it.
+        ``network`` (the network's prediction type and σ → timestep map) replaces the config's
+        convention: the σ schedule stays the scheduler's, the network is told its own timesteps.
+        """
+        request = PlanRequest(
+            num_inference_steps, sigmas, timesteps, eta, strength, device, network,
+            original_inference_steps, use_clipped_model_output,
+        )
+        return self.plan_for(request)
+
+    def plan_for(self, request: PlanRequest) -> SamplingPlan:
+        """:meth:`plan` for a ready-made request."""
+        name = type(self).__name__
+        for option in request.given():
+            if option not in self.honours:
+                reason = self.refusal_reasons.get(option, "it has no such option")
+                raise ValueError(f"{name} cannot honour `{option}`: {reason}")
+        parameterization = self.parameterization
+        if request.network is not None:
+            network = request.network
+            parameterization = Parameterization(network.prediction, network.timestep_map, parameterization.space)
+        plan = self._plan(request, parameterization)
+        if parameterization.timestep_map != self.parameterization.timestep_map:
+            plan = dataclasses.replace(plan, timesteps=_network_timesteps(plan, name))
+        if request.strength is not None and not self.native_strength:
+            plan = skip_steps(plan, strength_start(plan.num_steps, request.strength))
+        return plan
+
+    def _plan(self, request: PlanRequest, parameterization: Parameterization) -> SamplingPlan:
+        """The scheduler's own plan for ``request`` with the (possibly the network's) parameterization."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the one step body
+    def _advance(
+        self, model_output: Tensor, sample: Tensor, stepper: Stepper, context: StepContext
+    ) -> StepResult:
+        """The public ``step()``'s body: :func:`~vidiff.diffusion.plan.advance`, as the loop steps."""
+        return advance(model_output, sample, self.parameterization, stepper, context)
 
     def _check_timesteps_set(self) -> None:
         """ValueError unless ``set_timesteps`` has run (for ``step`` methods that need the step count)."""
@@ -206,3 +282,14 @@ class SequentialScheduler(Scheduler):
             begin = self._begin_index
             self._step_index = begin if begin is not None else self.index_for_timestep(timestep)
         return self._step_index
+
+
+def _network_timesteps(plan: SamplingPlan, owner: str) -> Tensor:
+    """The network's own timesteps of a plan's σ [N] (its device, float32); σ must be finite."""
+    points = plan.sigmas[:-1]
+    if not torch.isfinite(points).all():
+        raise ValueError(
+            f"{owner}: this plan starts at σ = ∞ (rescale_betas_zero_snr), which a network with its own "
+            "σ → timestep map cannot be told; set rescale_betas_zero_snr=False"
+        )
+    return plan.parameterization.timestep(points).to(device=plan.timesteps.device, dtype=torch.float32)

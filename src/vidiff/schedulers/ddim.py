@@ -17,11 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...config import Config
-from .. import sigmas as schedules
-from ..loop import SamplingPlan
-from ..steppers import StepContext, generator_noise, given_noise
-from ..steppers_vp import DDIMStepper
+from ..config import Config
+from ..diffusion import sigmas as schedules
+from ..diffusion.noise import given_noise, seeded_noise
+from ..diffusion.parameterization import Parameterization
+from ..diffusion.plan import PlanRequest, SamplingPlan
+from ..diffusion.steppers import StepContext
+from ..diffusion.steppers_vp import DDIMStepper
 from .base import Scheduler, SchedulerStepOutput
 from .vp_discrete import VPSchedulerParts, as_timestep, check_step_count, check_vp_options, plan_sigmas
 
@@ -79,31 +81,28 @@ class DDIMScheduler(Scheduler):
         return self.table.final_alpha_cumprod
 
     # ------------------------------------------------------------------ the schedule
-    def plan(
-        self,
-        num_inference_steps: int,
-        *,
-        device: torch.device | str | None = None,
-        eta: float = 0.0,
-        use_clipped_model_output: bool = False,
-    ) -> SamplingPlan:
+    honours = frozenset({"eta", "use_clipped_model_output", "strength"})
+
+    def _plan(self, request: PlanRequest, parameterization: Parameterization) -> SamplingPlan:
         """The sampling plan for ``num_inference_steps`` DDIM steps.
 
-        ``eta`` (η ≥ 0) scales the fresh noise of each step (0: deterministic DDIM, 1: DDPM's
-        posterior variance); η > 0 needs a ``noise`` source in the loop. ``use_clipped_model_output``
-        re-derives ε̂ from the clipped / thresholded x̂0. Timesteps go on ``device``; the σ / ᾱ
-        tables stay on the CPU.
+        ``eta`` (η ≥ 0, default 0) scales the fresh noise of each step (0: deterministic DDIM, 1:
+        DDPM's posterior variance); η > 0 needs a ``noise`` source in the loop.
+        ``use_clipped_model_output`` re-derives ε̂ from the clipped / thresholded x̂0. Timesteps go
+        on ``device``; the σ / ᾱ tables stay on the CPU.
         """
+        num_inference_steps = request.num_inference_steps
         timesteps = self._timesteps(num_inference_steps)  # [N] int64
         landing = self._landing(timesteps, num_inference_steps)  # [N]
         points = torch.cat([self.table.at(timesteps), landing[-1:]])  # [N+1]
+        eta = 0.0 if request.eta is None else float(request.eta)
         stepper = DDIMStepper(
-            self.parameterization.prediction, landing, float(eta), self.limit, bool(use_clipped_model_output)
+            parameterization.prediction, landing, eta, self.limit, bool(request.use_clipped_model_output)
         )
         return SamplingPlan(
             sigmas=plan_sigmas(points),
-            timesteps=timesteps.to(device=device, dtype=torch.float32),
-            parameterization=self.parameterization,
+            timesteps=timesteps.to(device=request.device, dtype=torch.float32),
+            parameterization=parameterization,
             stepper=stepper,
             init_noise_sigma=self.init_noise_sigma,
             alphas_cumprod=points,
@@ -152,18 +151,14 @@ class DDIMScheduler(Scheduler):
         t = torch.tensor([as_timestep(timestep)])
         alpha, landing = self.table.at(t)[0], self._landing(t, self.num_inference_steps)
         points = torch.stack([alpha, landing[0]])  # [2]: this step's start and landing ᾱ
-        noise = generator_noise(generator, model_output.device, model_output.dtype)
+        noise = seeded_noise(generator, model_output.device, model_output.dtype)
         if variance_noise is not None:
             noise = given_noise(variance_noise)
-        context = StepContext(
-            sigmas=plan_sigmas(points), index=0, noise=noise, alphas_cumprod=points, output=model_output
-        )
+        context = StepContext(sigmas=plan_sigmas(points), index=0, noise=noise, alphas_cumprod=points)
         stepper = DDIMStepper(
             self.parameterization.prediction, landing, float(eta), self.limit, bool(use_clipped_model_output)
         )
-        x = sample.to(torch.float32)
-        denoised = self.parameterization.denoised(model_output, x, context.sigma, alpha)
-        prev_sample = stepper(x, denoised, context).sample.to(model_output.dtype)
+        prev_sample, denoised, _ = self._advance(model_output, sample, stepper, context)
         denoised = (denoised if self.limit is None else self.limit(denoised)).to(model_output.dtype)
         if not return_dict:
             return prev_sample, denoised

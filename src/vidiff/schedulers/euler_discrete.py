@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ...config import Config
-from .. import sigmas as schedules
-from ..loop import SamplingPlan
-from ..parameterization import ContinuousTimesteps, DiscreteTimesteps, Parameterization
-from ..steppers import StepContext, Stepper, euler, generator_noise
+from ..config import Config
+from ..diffusion import sigmas as schedules
+from ..diffusion.noise import seeded_noise
+from ..diffusion.parameterization import ContinuousTimesteps, DiscreteTimesteps, Parameterization
+from ..diffusion.plan import PlanRequest, SamplingPlan
+from ..diffusion.steppers import StepContext, Stepper, euler
 from .base import (
     SchedulerStepOutput,
     SequentialScheduler,
@@ -101,15 +102,14 @@ class EulerDiscreteScheduler(SequentialScheduler):
         self._set_training_schedule()
 
     # ------------------------------------------------------------------ the schedule
-    def plan(
-        self,
-        num_inference_steps: int | None = None,
-        *,
-        sigmas: SigmaValues | None = None,
-        timesteps: Sequence[float] | Tensor | None = None,
-        device: torch.device | str | None = None,
-    ) -> SamplingPlan:
-        """The sampling plan for ``num_inference_steps`` steps, or for custom ``sigmas`` / ``timesteps``.
+    honours = frozenset({"sigmas", "timesteps", "strength"})
+    refusal_reasons = {
+        **SequentialScheduler.refusal_reasons,
+        "eta": "its steps are deterministic ODE steps (DDIMScheduler takes eta); leave eta unset",
+    }
+
+    def _plan(self, request: PlanRequest, parameterization: Parameterization) -> SamplingPlan:
+        """The plan for ``request``: ``num_inference_steps`` steps, or custom ``sigmas`` / ``timesteps``.
 
         ``sigmas`` lists every σ including the final one (N+1 values for N steps); ``timesteps``
         lists the N training timesteps to visit. Custom ``sigmas`` or ``timesteps`` replace
@@ -117,14 +117,15 @@ class EulerDiscreteScheduler(SequentialScheduler):
         giving both custom lists is an error. The plan's timesteps are put on ``device``; its σ stay
         on the CPU (scalars of each step).
         """
+        num_inference_steps, sigmas, timesteps = request.num_inference_steps, request.sigmas, request.timesteps
         if sigmas is not None or timesteps is not None:
             num_inference_steps = None
         all_sigmas, step_timesteps = self._schedule(num_inference_steps, sigmas, timesteps)
         return SamplingPlan(
             # The reference's log-linear σ list is one longer than its steps use; drop the unused tail.
             sigmas=all_sigmas[: len(step_timesteps) + 1],
-            timesteps=step_timesteps.to(device),
-            parameterization=self.parameterization,
+            timesteps=step_timesteps.to(request.device),
+            parameterization=parameterization,
             stepper=self.stepper,
             init_noise_sigma=self._init_noise_sigma(all_sigmas),
         )
@@ -248,11 +249,9 @@ class EulerDiscreteScheduler(SequentialScheduler):
                 f"(got {timestep!r})"
             )
         index = self._current_index(timestep)
-        x = sample.to(torch.float32)
-        denoised = self.parameterization.denoised(model_output, x, self.sigmas[index])
-        noise = generator_noise(generator, model_output.device, model_output.dtype)
-        stepped = self.stepper(x, denoised, StepContext(sigmas=self.sigmas, index=index, noise=noise))
-        prev_sample = stepped.sample.to(model_output.dtype)
+        noise = seeded_noise(generator, model_output.device, model_output.dtype)
+        context = StepContext(sigmas=self.sigmas, index=index, noise=noise)
+        prev_sample, denoised, _ = self._advance(model_output, sample, self.stepper, context)
         self._step_index = index + 1
         if not return_dict:
             return prev_sample, denoised

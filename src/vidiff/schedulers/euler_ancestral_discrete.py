@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from ...config import Config
-from ..steppers import Stepper, euler_ancestral
+from ..config import Config
+from ..diffusion.steppers import Stepper, euler_ancestral
 from .base import check_training_options
 from .euler_discrete import EulerDiscreteScheduler
 

@@ -35,20 +35,25 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, loading
-from .diffusion.schedulers import DDIMScheduler, EulerDiscreteScheduler
-from .image_processing import CLIPImageProcessor
-from .models.clip import CLIPTextModel, CLIPVisionModelWithProjection
-from .models.motion_adapter import MotionAdapter
-from .models.unet_2d import UNet2DConditionModel
-from .models.unet_i2vgen_xl import I2VGenXLUNet
-from .models.unet_svd import UNetSpatioTemporalConditionModel
-from .models.vae_kl import AutoencoderKL
-from .models.vae_temporal import AutoencoderKLTemporalDecoder
-from .pipelines.i2vgen_xl import I2VGenXLPipeline
-from .pipelines.svd import StableVideoDiffusionPipeline
-from .tiny_tokenizer import END_TOKEN, START_TOKEN, tiny_clip_vocab, write_tiny_clip_tokenizer
-from .tokenizer import CLIPTokenizer
+from .. import __version__, loading
+from ..image_processing import CLIPImageProcessor
+from ..models.clip import CLIPTextModel, CLIPVisionModelWithProjection
+from ..models.motion_adapter import MotionAdapter
+from ..models.unet_2d import UNet2DConditionModel
+from ..models.unet_i2vgen_xl import I2VGenXLUNet
+from ..models.unet_svd import UNetSpatioTemporalConditionModel
+from ..models.vae_kl import AutoencoderKL
+from ..models.vae_temporal import AutoencoderKLTemporalDecoder
+from ..pipelines.i2vgen_xl import I2VGenXLPipeline
+from ..pipelines.svd import StableVideoDiffusionPipeline
+from ..schedulers import DDIMScheduler, EulerDiscreteScheduler
+from ..tokenizer import CLIPTokenizer
+from .tokenizer import (
+    END_TOKEN,
+    START_TOKEN,
+    tiny_clip_vocab,
+    write_tiny_clip_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 

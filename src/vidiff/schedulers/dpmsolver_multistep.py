@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...config import Config
-from .. import sigmas as schedules
-from ..loop import SamplingPlan
-from ..parameterization import PREDICTIONS, DiscreteTimesteps, Parameterization
-from ..steppers import StepContext, generator_noise, given_noise
-from ..steppers_dpm import ALGORITHMS, SOLVER_TYPES, DPMSolverStepper
-from ..steppers_vp import DynamicThreshold
+from ..config import Config
+from ..diffusion import sigmas as schedules
+from ..diffusion.noise import given_noise, seeded_noise
+from ..diffusion.parameterization import PREDICTIONS, DiscreteTimesteps, Parameterization
+from ..diffusion.plan import PlanRequest, SamplingPlan
+from ..diffusion.steppers import StepContext
+from ..diffusion.steppers_dpm import ALGORITHMS, SOLVER_TYPES, DPMSolverStepper
+from ..diffusion.steppers_vp import DynamicThreshold
 from .base import (
     SchedulerStepOutput,
     SequentialScheduler,
@@ -137,25 +138,24 @@ class DPMSolverMultistepScheduler(SequentialScheduler):
         self._reset_steps()
 
     # ------------------------------------------------------------------ the schedule
-    def plan(
-        self,
-        num_inference_steps: int | None = None,
-        *,
-        timesteps: Sequence[int] | Tensor | None = None,
-        device: torch.device | str | None = None,
-    ) -> SamplingPlan:
+    honours = frozenset({"timesteps", "strength"})
+
+    def _plan(self, request: PlanRequest, parameterization: Parameterization) -> SamplingPlan:
         """The sampling plan for ``num_inference_steps`` steps, or for custom whole ``timesteps``.
 
         The plan's timesteps (float32 values of whole training steps) go on ``device``; its σ stay
         on the CPU. Its ᾱ table is 1/(σ² + 1) at each plan point (the loop's VP bookkeeping; the
         stepper forms its own α, σ from σ exactly as the reference does).
         """
-        all_sigmas, step_timesteps = self._schedule(num_inference_steps, timesteps)
+        all_sigmas, step_timesteps = self._schedule(request.num_inference_steps, request.timesteps)
+        stepper = self.stepper
+        if parameterization.prediction != stepper.prediction:
+            stepper = dataclasses.replace(stepper, prediction=parameterization.prediction)
         return SamplingPlan(
             sigmas=all_sigmas,
-            timesteps=step_timesteps.to(device=device, dtype=torch.float32),
-            parameterization=self.parameterization,
-            stepper=self.stepper,
+            timesteps=step_timesteps.to(device=request.device, dtype=torch.float32),
+            parameterization=parameterization,
+            stepper=stepper,
             init_noise_sigma=self.init_noise_sigma,
             alphas_cumprod=1 / (all_sigmas**2 + 1),
         )
@@ -289,15 +289,15 @@ class DPMSolverMultistepScheduler(SequentialScheduler):
         """
         self._check_timesteps_set()
         index = self._current_index(timestep)
-        noise = generator_noise(generator, model_output.device, torch.float32)  # the reference's float32 draw
+        noise = seeded_noise(generator, model_output.device, torch.float32)  # the reference's float32 draw
         if variance_noise is not None:
             noise = given_noise(variance_noise.to(device=model_output.device, dtype=torch.float32))
-        x, sigma = sample.to(torch.float32), self.sigmas[index]
-        context = StepContext(sigmas=self.sigmas, index=index, history=self._history, noise=noise, output=model_output)
-        # The stepper converts the raw output itself; this x̂0 only fills the signature.
-        stepped = self.stepper(x, self.parameterization.denoised(model_output, x, sigma, 1 / (sigma**2 + 1)), context)
-        prev_sample = stepped.sample.to(model_output.dtype)
-        self._history, self._step_index = stepped.history, index + 1
+        context = StepContext(
+            sigmas=self.sigmas, index=index, history=self._history, noise=noise, alphas_cumprod=1 / (self.sigmas**2 + 1)
+        )
+        # The stepper converts the raw output itself; the x̂0 advance() forms only fills the signature.
+        prev_sample, _, self._history = self._advance(model_output, sample, self.stepper, context)
+        self._step_index = index + 1
         if not return_dict:
             return (prev_sample,)
         return SchedulerStepOutput(prev_sample=prev_sample)

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...config import Config
-from ..loop import SamplingPlan
-from ..steppers import StepContext, generator_noise
-from ..steppers_vp import LCMStepper, lcm_boundary_scalings
+from ..config import Config
+from ..diffusion.noise import seeded_noise
+from ..diffusion.parameterization import Parameterization
+from ..diffusion.plan import PlanRequest, SamplingPlan
+from ..diffusion.steppers import StepContext
+from ..diffusion.steppers_vp import LCMStepper, lcm_boundary_scalings
 from .base import SequentialScheduler
 from .vp_discrete import VPSchedulerParts, as_timestep, check_step_count, check_vp_options, plan_sigmas
 
@@ -87,21 +89,19 @@ class LCMScheduler(SequentialScheduler):
         return self.table.alphas_cumprod
 
     # ------------------------------------------------------------------ the schedule
-    def plan(
-        self,
-        num_inference_steps: int | None = None,
-        *,
-        device: torch.device | str | None = None,
-        original_inference_steps: int | None = None,
-        timesteps: Sequence[int] | Tensor | None = None,
-        strength: float = 1.0,
-    ) -> SamplingPlan:
+    honours = frozenset({"timesteps", "strength", "original_inference_steps"})
+    native_strength = True  # LCM keeps the low-noise part of its distillation schedule itself
+
+    def _plan(self, request: PlanRequest, parameterization: Parameterization) -> SamplingPlan:
         """The sampling plan for ``num_inference_steps`` steps, or for custom descending ``timesteps``.
 
         ``original_inference_steps`` overrides the config's distillation length; ``strength`` < 1
         keeps the lower-noise part of the schedule (image-to-image).
         """
-        steps, count = self._schedule(num_inference_steps, original_inference_steps, timesteps, strength)
+        strength = 1.0 if request.strength is None else request.strength
+        steps, count = self._schedule(
+            request.num_inference_steps, request.original_inference_steps, request.timesteps, strength
+        )
         nxt = torch.cat([steps[1:], steps[-1:]])  # the last step's "next" is itself (as the reference)
         landing = self.table.landing(nxt)  # [n]
         c_skip, c_out = lcm_boundary_scalings(steps, self.config.timestep_scaling)
@@ -112,8 +112,8 @@ class LCMScheduler(SequentialScheduler):
         points = torch.cat([self.table.at(steps), final])  # [n+1]
         return SamplingPlan(
             sigmas=plan_sigmas(points),
-            timesteps=steps.to(device=device, dtype=torch.float32),
-            parameterization=self.parameterization,
+            timesteps=steps.to(device=request.device, dtype=torch.float32),
+            parameterization=parameterization,
             stepper=LCMStepper(c_skip, c_out, landing, num_renoised, self.limit),
             init_noise_sigma=self.init_noise_sigma,
             alphas_cumprod=points,
@@ -186,11 +186,10 @@ class LCMScheduler(SequentialScheduler):
         c_skip, c_out = lcm_boundary_scalings(t, self.config.timestep_scaling)
         stepper = LCMStepper(c_skip, c_out, landing, int(index != self.num_inference_steps - 1), self.limit)
         points = torch.cat([self.table.at(t), landing])  # [2]
-        noise = generator_noise(generator, model_output.device, model_output.dtype)
+        noise = seeded_noise(generator, model_output.device, model_output.dtype)
         context = StepContext(sigmas=plan_sigmas(points), index=0, noise=noise, alphas_cumprod=points)
+        prev_sample, denoised, _ = self._advance(model_output, sample, stepper, context)
         x = sample.to(torch.float32)
-        denoised = self.parameterization.denoised(model_output, x, context.sigma, points[0])
-        prev_sample = stepper(x, denoised, context).sample.to(model_output.dtype)
         consistent = stepper.consistent(x, denoised, 0).to(model_output.dtype)
         self._step_index = index + 1
         if not return_dict:

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import sigmas as schedules
-from ..parameterization import PREDICTIONS, DiscreteTimesteps, Parameterization
-from ..steppers_vp import SampleLimit, sample_limit
+from ..diffusion import sigmas as schedules
+from ..diffusion.parameterization import PREDICTIONS, DiscreteTimesteps, Parameterization
+from ..diffusion.steppers_vp import SampleLimit, sample_limit
 from .base import check_training_options, config_alphas_cumprod, is_int
 
 

@@ -1,0 +1,143 @@
+"""Wrappers around the network, and the first of them: running it on windows of frames.
+
+The loop calls ``network(x_in, timestep, inputs)`` with ``x_in`` ``[B', C, F, H, W]`` (``B'`` is
+the batch, doubled for classifier-free guidance) and per-video ``inputs`` (``[B', …]`` each). A
+pipeline declares which inputs have a frame axis, and where (its ``frame_axes``); a *network
+wrapper* ``(network, frame_axes) -> network`` may then change how the network sees the frames
+without the loop or the family knowing. Context windows (long videos), FreeNoise and ControlNet
+residuals are meant to be such wrappers.
+
+:class:`FrameWindows` calls the network once per window ``[a, b)`` of frames, on that slice of the
+latents and of every frame-indexed input (inputs without a frame axis go whole), and writes each
+window's output back into its frames, averaging where windows overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .loop import Network
+
+# Input name → the axis that indexes frames in that input (e.g. ``{"image_latents": 2}`` for
+# ``[B, C, F, h, w]``). Inputs not listed have no frame axis.
+FrameAxes = Mapping[str, int]
+# What a pipeline's ``network_wrapper`` is: it gets the network and the inputs' frame axes,
+# and returns a network with the loop's signature.
+NetworkWrapper = Callable[[Network, FrameAxes], Network]
+# The frame axis of the latents (and of the network's output) in vidiff's layout [B, C, F, H, W].
+LATENT_FRAME_AXIS = 2
+
+
+@dataclass(frozen=True)
+class FrameWindows:
+    """A :data:`NetworkWrapper` that runs the network on windows of frames and averages the overlaps.
+
+    ``windows`` are half-open frame ranges ``(start, stop)``; together they must cover every frame
+    of the video the loop denoises (checked on each call, when the frame count is known). Every
+    window's output counts with weight 1 in each of its frames (uniform weights), so frames inside
+    one window only get exactly that window's output, and a single window ``(0, F)`` is the
+    unwrapped network, bit for bit.
+
+    Usage: ``pipe.network_wrapper = FrameWindows([(0, 16), (8, 24), (16, 32)])``.
+    """
+
+    windows: tuple[tuple[int, int], ...]
+
+    def __init__(self, windows: Sequence[tuple[int, int]]) -> None:
+        pairs = tuple(_as_window(window) for window in windows)
+        if not pairs:
+            raise ValueError("FrameWindows needs at least one window (start, stop)")
+        object.__setattr__(self, "windows", pairs)
+
+    def __call__(self, network: Network, frame_axes: FrameAxes) -> Network:
+        axes = dict(frame_axes)
+
+        def windowed(x: Tensor, timestep: Tensor, inputs: Mapping[str, Tensor]) -> Tensor:
+            num_frames = x.shape[LATENT_FRAME_AXIS]
+            self.check(num_frames)
+            _check_frame_inputs(inputs, axes, num_frames)
+            total = counts = out = None
+            for start, stop in self.windows:
+                window_inputs = {
+                    name: value.narrow(axes[name], start, stop - start) if name in axes else value
+                    for name, value in inputs.items()
+                }
+                out = network(x.narrow(LATENT_FRAME_AXIS, start, stop - start), timestep, window_inputs)
+                if total is None:
+                    total, counts = _zero_sums(out, num_frames)
+                total[:, :, start:stop] += out.to(total.dtype)  # [B', C, b − a, H, W] into its frames
+                counts[start:stop] += 1
+            # every count ≥ 1 (checked above); a frame in one window only is that window's output
+            # exactly: 0 + y, then y / 1, then the cast back to the output's dtype
+            return (total / counts.view(1, 1, -1, 1, 1)).to(out.dtype)
+
+        return windowed
+
+    def check(self, num_frames: int) -> None:
+        """Raise ValueError unless the windows lie within ``[0, num_frames)`` and cover every frame."""
+        past = [w for w in self.windows if w[1] > num_frames]
+        if past:
+            raise ValueError(f"FrameWindows: window(s) {past} run past the video's {num_frames} frames (valid stops ≤ {num_frames})")
+        covered = set()
+        for start, stop in self.windows:
+            covered.update(range(start, stop))
+        missing = sorted(set(range(num_frames)) - covered)
+        if missing:
+            raise ValueError(
+                f"FrameWindows: frames {missing} of {num_frames} are in no window {list(self.windows)}; "
+                "the windows must cover every frame"
+            )
+
+
+def sliding_windows(num_frames: int, length: int, stride: int) -> list[tuple[int, int]]:
+    """Windows of ``length`` frames every ``stride`` frames, the last one ending at ``num_frames``.
+
+    ``sliding_windows(10, 4, 3)`` → ``[(0, 4), (3, 7), (6, 10)]``; a ``length`` ≥ ``num_frames``
+    gives the single window ``[(0, num_frames)]``; ``stride == length`` tiles without overlap
+    (except for a last window moved back to end at ``num_frames``).
+    """
+    for name, value in (("num_frames", num_frames), ("length", length), ("stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"sliding_windows: `{name}` must be a positive int, got {value!r}")
+    if stride > length:
+        raise ValueError(f"sliding_windows: `stride` ({stride}) must not exceed `length` ({length}), or frames are skipped")
+    if length >= num_frames:
+        return [(0, num_frames)]
+    starts = [*range(0, num_frames - length, stride), num_frames - length]
+    return [(start, start + length) for start in starts]
+
+
+def _as_window(window: object) -> tuple[int, int]:
+    """A ``(start, stop)`` pair of ints with ``0 ≤ start < stop``, or a ValueError naming it."""
+    try:
+        start, stop = window  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ValueError(f"FrameWindows: each window must be a pair (start, stop), got {window!r}") from None
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (start, stop)) or not 0 <= start < stop:
+        raise ValueError(f"FrameWindows: window {window!r} must be ints with 0 ≤ start < stop (half-open frames [start, stop))")
+    return start, stop
+
+
+def _zero_sums(out: Tensor, num_frames: int) -> tuple[Tensor, Tensor]:
+    """Zeroed sums for the windows' outputs, ``[B', C, F, H, W]``, and their per-frame counts ``[F]``:
+    in at least float32, so fp16 outputs average without extra rounding."""
+    dtype = torch.promote_types(out.dtype, torch.float32)
+    total = out.new_zeros((*out.shape[:2], num_frames, *out.shape[3:]), dtype=dtype)
+    return total, torch.zeros(num_frames, dtype=dtype, device=out.device)
+
+
+def _check_frame_inputs(inputs: Mapping[str, Tensor], axes: Mapping[str, int], num_frames: int) -> None:
+    """Every declared frame-indexed input must be present and hold ``num_frames`` frames on its axis."""
+    for name, axis in axes.items():
+        if name not in inputs:
+            raise ValueError(f"FrameWindows: frame_axes names input {name!r}, which the network is not given ({sorted(inputs)})")
+        value = inputs[name]
+        if not -value.ndim <= axis < value.ndim or value.shape[axis] != num_frames:
+            raise ValueError(
+                f"FrameWindows: input {name!r} {list(value.shape)} must have the latents' {num_frames} frames on its "
+                f"declared frame axis {axis}"
+            )
