@@ -16,7 +16,8 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from tests.helpers import max_abs_diff
-from vidiff.image_processing import CLIPImageProcessor, CLIPImageProcessorConfig, resize_with_antialiasing
+from vidiff.image_processing import CLIPImageProcessor, CLIPImageProcessorConfig
+from vidiff.pipelines.svd_preprocessing import pixels_from_signed_range, resize_with_antialiasing, svd_clip_input
 
 SVD_FEATURE_EXTRACTOR = Path(__file__).parent / "configs" / "svd_xt_feature_extractor.json"
 # (height, width): square, landscape, portrait, smaller than 224, odd sizes, a large downscale.
@@ -115,8 +116,8 @@ def test_svd_clip_input_matches_diffusers(size):
     signed = unit * 2.0 - 1.0
     resized = (_resize_with_antialiasing(signed, (224, 224)) + 1.0) / 2.0
     expected = _oracle_pixels(oracle, resized, **NORMALIZE_ONLY)
-    assert max_abs_diff(ours.pixels_from_signed_range(signed), expected) <= 1e-5
-    assert max_abs_diff(ours.svd_clip_input(unit), expected) <= 1e-5
+    assert max_abs_diff(pixels_from_signed_range(ours, signed), expected) <= 1e-5
+    assert max_abs_diff(svd_clip_input(ours, unit), expected) <= 1e-5
 
 
 def test_config_round_trips_through_transformers(tmp_path):

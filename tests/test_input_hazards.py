@@ -21,6 +21,7 @@ from tests.svd_checkpoint import SMALL_CALL, random_image
 from tests.test_cli import vidiff
 from vidiff import load_image
 from vidiff.pipelines import frames as frames_io
+from vidiff.pipelines import svd_preprocessing
 
 I2V_CALL = {**SMALL_CALL, "prompt": "papers in a library"}
 
@@ -195,8 +196,8 @@ def test_cover_crop_keeps_the_old_pixels(size, target):
 
 def test_svd_shrinks_a_huge_image_before_any_float_copy(vidiff_svd, monkeypatch):
     seen = []
-    original = vidiff_svd.feature_extractor.svd_clip_input
-    monkeypatch.setattr(vidiff_svd.feature_extractor, "svd_clip_input", lambda x: seen.append(x.shape) or original(x))
+    original = svd_preprocessing.svd_clip_input
+    monkeypatch.setattr(svd_preprocessing, "svd_clip_input", lambda p, x: seen.append(x.shape) or original(p, x))
     monkeypatch.setattr(frames_io, "CLIP_SOURCE_MAX_PIXELS", 300 * 300)
     frames = vidiff_svd(PIL.Image.new("RGB", (1000, 700), (10, 200, 40)), **SMALL_CALL).frames
     assert frames.shape[0] == 1 and frames.shape[2:] == (32, 48, 3)

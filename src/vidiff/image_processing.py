@@ -1,13 +1,10 @@
 """CLIP image preprocessing: images in, normalized ``pixel_values`` for the CLIP vision tower out.
 
-Two paths lead there:
-
-* :class:`CLIPImageProcessor` reads a ``preprocessor_config.json`` (the ``feature_extractor``
-  folder of a pipeline) and reproduces transformers' ``CLIPImageProcessor``: shortest-edge resize with
-  PIL, center crop, rescale to [0, 1], per-channel normalization.
-* Stable Video Diffusion does not resize with PIL: it blurs its [-1, 1] image tensor with a gaussian
-  and resizes bicubically to 224×224 (:func:`resize_with_antialiasing`), then only normalizes
-  (:meth:`CLIPImageProcessor.pixels_from_signed_range`).
+:class:`CLIPImageProcessor` reads a ``preprocessor_config.json`` (the ``feature_extractor`` folder of
+a pipeline) and reproduces transformers' ``CLIPImageProcessor``: shortest-edge resize with PIL,
+center crop, rescale to [0, 1], per-channel normalization. Families that prepare CLIP's input their
+own way keep that with the family (SVD: :mod:`vidiff.pipelines.svd_preprocessing`) and use only
+:meth:`CLIPImageProcessor.normalize` and the config's crop size.
 """
 
 from __future__ import annotations
@@ -140,54 +137,6 @@ def _center_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return image[:, top : top + height, left : left + width]
 
 
-def _gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
-    # [size], odd size, centred, summing to 1; built in float64 and cast by the caller.
-    offsets = torch.arange(size, dtype=torch.float64) - size // 2
-    weights = torch.exp(-(offsets**2) / (2.0 * sigma**2))
-    return weights / weights.sum()
-
-
-def _odd_kernel_size(sigma: float) -> int:
-    # Two sigmas each side (a compromise between quality and speed), at least 3 taps, always odd.
-    size = int(max(4.0 * sigma, 3.0))
-    return size if size % 2 == 1 else size + 1
-
-
-def _blur_along(images: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
-    """Convolve every channel of [N, C, H, W] with a 1-D ``kernel`` along ``dim`` (2 = H, 3 = W),
-    reflecting at the borders so the size is kept."""
-    batch, channels, height, width = images.shape
-    taps, half = kernel.numel(), kernel.numel() // 2
-    shape = (1, 1, taps, 1) if dim == 2 else (1, 1, 1, taps)
-    padding = (0, 0, half, half) if dim == 2 else (half, half, 0, 0)
-    flat = images.reshape(batch * channels, 1, height, width)
-    flat = F.pad(flat, padding, mode="reflect")
-    weight = kernel.to(device=images.device, dtype=images.dtype).view(shape)
-    return F.conv2d(flat, weight).view(batch, channels, height, width)
-
-
-def resize_with_antialiasing(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Gaussian-blur then bicubically resize ``images`` [N, C, H, W] to ``size`` (height, width).
-
-    This is how Stable Video Diffusion shrinks its conditioning image for CLIP (diffusers'
-    ``_resize_with_antialiasing``): the blur's sigma per axis is ``max((in / out - 1) / 2, 0.001)``
-    (scikit-image's anti-aliasing rule), the kernel spans two sigmas each side (odd, ≥ 3 taps) with
-    reflected borders, and the resize is ``interpolate(mode="bicubic", align_corners=True)``.
-    Returns [N, C, *size] in the input dtype; values may overshoot the input range slightly.
-    """
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor [N, C, H, W], got {_describe(images)}")
-    out_h, out_w = (int(s) for s in size)
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"size must be two positive ints (height, width), got {size!r}")
-    in_h, in_w = images.shape[-2:]
-    sigma_h = max((in_h / out_h - 1.0) / 2.0, 0.001)
-    sigma_w = max((in_w / out_w - 1.0) / 2.0, 0.001)
-    blurred = _blur_along(images, _gaussian_kernel(_odd_kernel_size(sigma_w), sigma_w), dim=3)
-    blurred = _blur_along(blurred, _gaussian_kernel(_odd_kernel_size(sigma_h), sigma_h), dim=2)
-    return F.interpolate(blurred, size=(out_h, out_w), mode="bicubic", align_corners=True)
-
-
 def normalize(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(pixel_values - mean) / std`` per channel of [N, C, H, W] or [C, H, W].
 
@@ -276,27 +225,6 @@ class CLIPImageProcessor:
         SVD and I2VGen-XL ask of their feature extractor (on images already in [0, 1]).
         """
         return normalize(pixel_values, self.config.image_mean, self.config.image_std)
-
-    def pixels_from_signed_range(self, images: torch.Tensor) -> torch.Tensor:
-        """SVD's CLIP input: ``images`` [N, 3, H, W] in [-1, 1] → pixel_values [N, 3, 224, 224].
-
-        Anti-aliased resize (:func:`resize_with_antialiasing`) to the crop size (224×224 for every
-        released SVD checkpoint), back to [0, 1], then :meth:`normalize`; the config's resize, crop and
-        rescale flags do not apply, as in diffusers' ``StableVideoDiffusionPipeline``.
-        """
-        crop = self.config.crop_size
-        resized = resize_with_antialiasing(images, (crop["height"], crop["width"]))
-        return self.normalize((resized + 1.0) / 2.0)
-
-    def svd_clip_input(self, images: torch.Tensor) -> torch.Tensor:
-        """:meth:`pixels_from_signed_range` for ``images`` [N, 3, H, W] in [0, 1].
-
-        The images go to [-1, 1] first because SVD resizes there (the blur and bicubic weights sum to 1,
-        so only rounding depends on it; keeping the order keeps diffusers' numbers).
-        """
-        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-            raise ValueError(f"images must be a float tensor [N, 3, H, W] in [0, 1], got {_describe(images)}")
-        return self.pixels_from_signed_range(images * 2.0 - 1.0)
 
     def _process_one(self, image: PIL.Image.Image | np.ndarray | torch.Tensor, config: CLIPImageProcessorConfig) -> torch.Tensor:
         pixels = _to_chw_tensor(image, config.do_convert_rgb)  # [C, H, W]

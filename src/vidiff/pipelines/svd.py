@@ -23,6 +23,7 @@ from ..models.vae_temporal import AutoencoderKLTemporalDecoder
 from ..models.video_vae import upcast_if_forced
 from . import arguments
 from . import frames as frames_io
+from . import svd_preprocessing
 from .base import Pipeline
 
 CALLBACK_TENSOR_INPUTS = ("latents",)
@@ -165,7 +166,7 @@ class StableVideoDiffusionPipeline(Pipeline):
 
     def _encode_clip(self, pixels: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """[N, 3, H0, W0] in [0, 1] → CLIP image embeddings [N, 1, D]."""
-        clip_input = self.feature_extractor.svd_clip_input(pixels)  # [N, 3, 224, 224], normalised
+        clip_input = svd_preprocessing.svd_clip_input(self.feature_extractor, pixels)  # [N, 3, 224, 224], normalised
         embeds = self.image_encoder(clip_input.to(device=device, dtype=dtype))
         return embeds.unsqueeze(1)
 
