@@ -33,6 +33,10 @@ NEGATIVE_PROMPT = "bad quality, worse quality, low resolution"
 SIZES = {
     "small": dict(unet=(64, 128, 128), heads=(2, 4, 4), layers=1, motion_heads=4, cross=64, text_layers=2,
                   vae=(64, 64, 64, 64), run=(8, 128, 128, 6)),
+    # ≈15 M UNet parameters (8.7 M SD + 4.5 M motion) with the released 4-level topology: the CPU sizes
+    # of `python -m benchmarks.run`.
+    "m15": dict(unet=(32, 64, 128, 128), heads=(1, 2, 4, 4), layers=2, motion_heads=4, cross=128, text_layers=2,
+                vae=(32, 64, 128, 128), run=(8, 128, 128, 5)),
     "medium": dict(unet=(160, 320, 640, 640), heads=(5, 10, 20, 20), layers=2, motion_heads=8, cross=512,
                    text_layers=8, vae=(128, 128, 256, 256), run=(16, 256, 256, 25)),
 }

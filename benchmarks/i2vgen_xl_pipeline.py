@@ -32,6 +32,9 @@ NEGATIVE_PROMPT = "Distorted, discontinuous, Ugly, blurry, low resolution, motio
 SIZES = {
     "small": dict(unet=(64, 128, 128), head_dim=4, layers=1, cross=64, text_layers=2, vision=(64, 2, 32),
                   vae=(64, 64, 64, 64), run=(8, 128, 128, 6)),
+    # ≈15 M UNet parameters with the released 4-level topology: the CPU sizes of `python -m benchmarks.run`.
+    "m15": dict(unet=(32, 64, 128, 128), head_dim=32, layers=2, cross=128, text_layers=2, vision=(128, 2, 32),
+                vae=(32, 64, 128, 128), run=(8, 128, 128, 5)),
     "medium": dict(unet=(160, 320, 640, 640), head_dim=32, layers=2, cross=512, text_layers=8, vision=(512, 8, 14),
                    vae=(128, 128, 256, 256), run=(16, 320, 512, 25)),
 }

@@ -32,6 +32,9 @@ SIZES = {
                  clip=(32, 2, 32), run=(3, 32, 48, 2)),
     "small": dict(unet=(64, 128, 128), heads=(2, 4, 4), layers=1, cross=64, vae=(64, 64, 64, 64),
                   clip=(64, 2, 32), run=(8, 128, 192, 6)),
+    # ≈15 M UNet parameters with the released 4-level topology: the CPU sizes of `python -m benchmarks.run`.
+    "m15": dict(unet=(32, 64, 128, 128), heads=(1, 2, 4, 4), layers=2, cross=128, vae=(32, 64, 128, 128),
+                clip=(128, 2, 32), run=(8, 128, 128, 5)),
     "medium": dict(unet=(160, 320, 640, 640), heads=(5, 10, 20, 20), layers=2, cross=512,
                    vae=(128, 128, 256, 256), clip=(512, 8, 14), run=(14, 320, 512, 25)),
 }

@@ -29,7 +29,7 @@ from huggingface_hub.utils import (
 from . import weight_files
 from .config import RawConfig
 from .strict_loading import check_dtype, load_state_dict_strict, summarize_keys
-from .weight_files import save_component, write_json
+from .weight_files import StoredTensor, save_component, write_json
 
 __all__ = [
     "DEFAULT_DTYPE",
@@ -307,9 +307,18 @@ class Checkpoint:
         Safetensors are preferred over pickles of the same variant; a missing ``variant`` falls back to
         the default weights with a warning; sharded weights are read through their index.
         """
-        state: dict[str, torch.Tensor] = {}
+        state = self.open_state_dict(subfolder, variant=variant, weights_name=weights_name)
+        return {key: value.load() if isinstance(value, StoredTensor) else value for key, value in state.items()}
+
+    def open_state_dict(
+        self, subfolder: str | None, *, variant: str | None = None, weights_name: str = "diffusion_pytorch_model"
+    ) -> dict[str, torch.Tensor | StoredTensor]:
+        """Like :meth:`load_state_dict`, but safetensors tensors are :class:`~vidiff.weight_files.StoredTensor`
+        handles (shape and dtype known, data not read yet), so :func:`load_state_dict_strict` reads,
+        casts and places them one at a time. Pickles are read whole."""
+        state: dict[str, torch.Tensor | StoredTensor] = {}
         for relpath in self._weight_files(subfolder, variant, weights_name):
-            part = weight_files.read(self.local_path(relpath))
+            part = weight_files.read_lazily(self.local_path(relpath))
             repeated = state.keys() & part.keys()
             if repeated:
                 raise ValueError(f"{relpath} repeats tensors of an earlier shard: {summarize_keys(sorted(repeated))}")

@@ -10,11 +10,26 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+
+@runtime_checkable
+class LazyTensor(Protocol):
+    """A tensor not read yet (e.g. :class:`vidiff.weight_files.StoredTensor`): shape and dtype known."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+
+    def is_floating_point(self) -> bool: ...
+
+    def load(self) -> torch.Tensor: ...
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, LazyTensor))
 
 
 def check_dtype(dtype: torch.dtype | None, argument: str = "dtype") -> None:
@@ -43,7 +58,8 @@ def load_state_dict_strict(
 
     Missing keys, unexpected keys (except those matching a regex of ``ignore_unexpected``, searched
     anywhere in the key), shape mismatches and integer tensors where the model has floating-point
-    ones are reported together in one ``ValueError``, which names ``source`` (the weights file). Tensors are
+    ones are reported together in one ``ValueError``, which names ``source`` (the weights file). Values may
+    be tensors or :class:`LazyTensor` handles, checked by their headers and read one at a time. Tensors are
     assigned, not copied, so no second copy of the weights is allocated; floating-point tensors are cast
     to ``dtype`` if given (integer buffers keep theirs) and everything goes to ``device`` (default CPU).
     """
@@ -58,9 +74,13 @@ def load_state_dict_strict(
         raise ValueError(f"{source or 'The checkpoint'} does not match {problems}")
     placed = {}
     for key in expected:
-        tensor = state[key]
+        # One tensor at a time: a lazy one is read as stored, then cast and moved, and the stored copy
+        # is dropped before the next is read (peak: the loaded model plus one tensor as stored).
+        value = state[key]
+        tensor = value.load() if isinstance(value, LazyTensor) else value
         cast = dtype if dtype is not None and tensor.is_floating_point() else None
         placed[key] = tensor.to(device=target, dtype=cast)
+        del tensor
     try:
         model.load_state_dict(placed, strict=True, assign=True)
     except RuntimeError as error:  # torch lists every parameter it refused: keep its first line only
@@ -81,16 +101,16 @@ def _mismatches(
     patterns = [re.compile(p) for p in ignore]
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected and not any(p.search(k) for p in patterns))
-    not_tensors = sorted(k for k in expected if k in state and not isinstance(state[k], torch.Tensor))
+    not_tensors = sorted(k for k in expected if k in state and not _is_tensor(state[k]))
     shapes = sorted(
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in expected
-        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape
+        if k in state and _is_tensor(state[k]) and state[k].shape != expected[k].shape
     )
     # Integer weights cannot be assigned to floating-point parameters (nor cast: they are not weights).
     not_floating = sorted(
         k for k in expected
-        if k in state and isinstance(state[k], torch.Tensor)
+        if k in state and _is_tensor(state[k])
         and expected[k].is_floating_point() and not state[k].is_floating_point()
     )
     dtypes = ", ".join(sorted({str(state[k].dtype).removeprefix("torch.") for k in not_floating}))

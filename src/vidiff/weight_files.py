@@ -143,12 +143,89 @@ def shard_names(index: Mapping[str, Any], index_name: str) -> dict[str, str]:
 
 def read(path: Path) -> dict[str, torch.Tensor]:
     """Read one weights file onto the CPU: safetensors, or a pickle through ``weights_only`` loading."""
+    return {key: value.load() if isinstance(value, StoredTensor) else value for key, value in read_lazily(path).items()}
+
+
+# safetensors' dtype names (the file header's "dtype") → torch dtypes.
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+class StoredTensor:
+    """One tensor of a safetensors file, read only by :meth:`load`.
+
+    Its ``shape`` and ``dtype`` come from the file's header, so a strict load can check every key
+    before any data is read, and then read, cast and place one tensor at a time. Each read copies
+    that tensor's bytes into private memory (no memory map: a mapped file stays resident, and counted,
+    until the map is closed), so the peak is the loaded model plus one tensor as stored, never a
+    second copy of the file (nor a float32 copy of a float16 file).
+    """
+
+    def __init__(self, path: Path, key: str, dtype: torch.dtype, shape: tuple[int, ...], start: int, stop: int) -> None:
+        self.path, self.key, self.dtype, self.shape = path, key, dtype, torch.Size(shape)
+        self._start, self._stop = start, stop  # byte offsets in the file
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def __repr__(self) -> str:
+        return f"StoredTensor({self.key!r}, shape={tuple(self.shape)}, dtype={self.dtype})"
+
+    def load(self) -> torch.Tensor:
+        """The tensor as stored, on the CPU, in memory of its own."""
+        data = torch.empty(self._stop - self._start, dtype=torch.uint8)
+        with open(self.path, "rb") as file:
+            file.seek(self._start)
+            if file.readinto(memoryview(data.numpy())) != data.numel():
+                raise ValueError(f"{self.path} is not a readable safetensors file (truncated or corrupt): {self.key} is cut short")
+        return data.view(self.dtype).reshape(self.shape)
+
+
+def read_lazily(path: Path) -> dict[str, torch.Tensor | StoredTensor]:
+    """One weights file's tensors by name: a :class:`StoredTensor` per tensor of a safetensors file
+    (its header read and checked, no data yet), or the tensors of a pickle (read whole)."""
     if path.name.endswith(_PICKLE_SUFFIXES):
         return _read_pickle(path)
     try:
-        return safetensors.torch.load_file(str(path), device="cpu")
-    except safetensors.SafetensorError as error:
+        return _stored_tensors(path)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt): {_cut(str(error))}") from error
+
+
+def _stored_tensors(path: Path) -> dict[str, StoredTensor]:
+    """The safetensors layout: an 8-byte little-endian header length N, N bytes of JSON
+    ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the data
+    (offsets count from the data's start)."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise ValueError("no header")
+        length = int.from_bytes(prefix, "little")
+        if length > size - 8:
+            raise ValueError(f"header length {length} exceeds the file")
+        header = json.loads(file.read(length).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    tensors = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        stored, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if stored not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {key!r} is stored as {stored}, which vidiff cannot read")
+        dtype = _SAFETENSORS_DTYPES[stored]
+        count = 1
+        for side in shape:
+            count *= int(side)
+        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        if not (0 <= begin <= end and end - begin == nbytes and 8 + length + end <= size):
+            raise ValueError(f"tensor {key!r} lies outside the file or has the wrong size")
+        tensors[key] = StoredTensor(path, key, dtype, tuple(shape), 8 + length + begin, 8 + length + end)
+    return tensors
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:

@@ -65,13 +65,13 @@ def check_gif_rate(command: Command, targets: list[Target], fps: float) -> None:
 # ------------------------------------------------------------------------------ size and memory
 def check_fits(
     command: Command, settings: dict[str, Any], networks: Mapping[str, tuple[type, Mapping[str, Any]]],
-    device: torch.device, dtype: torch.dtype,
+    device: torch.device, dtype: torch.dtype, levers: memory.Levers = memory.Levers(),
 ) -> None:
-    """Refuse sizes below the model's minimum, and runs whose estimated memory clearly exceeds the
-    device's. ``networks``: what will load (:func:`memory.network_configs`, plus any motion adapter).
-    Networks that cannot be built are left to the loader to report."""
+    """Refuse sizes below the model's minimum, and runs whose estimated memory (with ``levers`` on)
+    clearly exceeds the device's. ``networks``: what will load (:func:`memory.network_configs`, plus
+    any motion adapter). Networks that cannot be built are left to the loader to report."""
     try:
-        configs, parameters = memory.count_networks(networks)
+        configs, parameters = memory.weight_sizes(networks)
         size = run_size(command, settings, configs, dtype)
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.debug("no memory estimate: %s", error)
@@ -80,11 +80,11 @@ def check_fits(
     if reason:
         raise UsageError(f"--height {size.height} --width {size.width}: {reason}")
     available = memory.available_memory(device)
-    estimate = memory.estimate_memory(configs, parameters, size)
+    estimate = memory.estimate_memory(configs, parameters, size, levers)
     needed = estimate.total(device)
     logger.debug("memory estimate on %s: %s; %s in all, %s available", device, estimate.as_dict(), needed, available)
     if needed > REFUSE_ABOVE * available:
-        fits = _what_fits(lambda s: memory.estimate_memory(configs, parameters, s).total(device) <= available, size)
+        fits = _what_fits(lambda s: memory.estimate_memory(configs, parameters, s, levers).total(device) <= available, size)
         raise UsageError(
             f"this run needs about {_gb(needed)} of memory ({_breakdown(estimate)}), and "
             f"{'the GPU' if device.type == 'cuda' else 'this machine'} has {_gb(available)}; {fits}"
@@ -184,3 +184,8 @@ def _breakdown(estimate: memory.MemoryEstimate) -> str:
         "frames": estimate.output_frames,
     }
     return ", ".join(f"{name} {_gb(count)}" for name, count in parts.items())
+
+
+# The names other modules of the command line use (``--memory auto`` words its messages the same way).
+gb = _gb
+what_fits = _what_fits

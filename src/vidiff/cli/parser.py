@@ -25,6 +25,8 @@ from .errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+OFFLOADS = ("model", "sequential")
+MEMORY_MODES = ("auto", "off")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +89,20 @@ def _add_model_flags(sub: argparse.ArgumentParser, command: Command) -> None:
     group.add_argument("--dtype", choices=DTYPES, help="auto: fp16 on CUDA, fp32 elsewhere (default: auto)")
 
 
+def _add_memory_flags(sub: argparse.ArgumentParser) -> None:
+    """Memory and speed levers: they change how a run computes, not what (VAE tiling: within a tolerance)."""
+    group = sub.add_argument_group("memory and speed")
+    group.add_argument("--vae-tiling", action="store_true", help="decode the video in overlapping tiles (less memory; seams blended)")
+    group.add_argument("--forward-chunking", action="store_true", help="run feed-forward and attention layers on slices of their tokens (less memory, same result)")
+    group.add_argument("--offload", choices=OFFLOADS, help="model: only the network in use sits on the GPU; sequential: only the layer in use (least memory, slowest)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the repeated blocks (faster after a warm-up)")
+    group.add_argument(
+        "--memory", choices=MEMORY_MODES,
+        help="auto: estimate the run's peak memory, and if it exceeds the device's free memory turn on the fewest levers "
+        "that fit (vae tiling, forward chunking, model offload, sequential offload); off: only the levers given (default: off)",
+    )
+
+
 def _add_run_flags(sub: argparse.ArgumentParser) -> None:
     group = sub.add_argument_group("seed and output")
     seeds = group.add_mutually_exclusive_group()
@@ -124,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_pipeline_flags(sub, command)
         _add_model_flags(sub, command)
+        _add_memory_flags(sub)
         _add_run_flags(sub)
         add_common_flags(sub)
     demo = subcommands.add_parser(

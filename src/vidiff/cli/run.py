@@ -17,7 +17,7 @@ from .. import __version__, loading
 from ..models.base import PretrainedModel
 from ..models.motion_adapter import MotionAdapter, MotionAdapterConfig
 from ..pipelines import memory
-from . import limits, outputs, settings as run_settings
+from . import limits, memory_levers, outputs, settings as run_settings
 from .commands import ANIMATEDIFF_EXPORT_FPS, Command, scheduler_choices
 from .errors import RunError, UsageError
 
@@ -44,10 +44,14 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     networks, needs_adapter = _check_model(command, settings)
     dtype = run_settings.pick_dtype(settings["dtype"], device)
     variant = run_settings.pick_variant(settings["variant"], dtype)
-    limits.check_fits(command, settings, networks, device, dtype)
+    settings = {**settings, "offload": memory_levers.usable(memory_levers.given_levers(settings), device).offload}
+    levers = memory_levers.plan(command, settings, networks, device, dtype)
+    limits.check_fits(command, settings, networks, device, dtype, levers)
     logger.info("device %s, dtype %s%s", device, str(dtype).removeprefix("torch."), f", {variant} weights" if variant else "")
 
-    pipe = _load(command, settings, dtype, variant, device, needs_adapter)
+    # Offloaded networks load on the CPU (the offload hooks move them); the others straight onto the device.
+    pipe = _load(command, settings, dtype, variant, None if levers.offload else device, needs_adapter)
+    memory_levers.apply(pipe, levers, bool(settings.get("compile")), device)
     if settings.get("scheduler") or overrides:
         cls = scheduler_choices(command)[settings["scheduler"]] if settings.get("scheduler") else type(pipe.scheduler)
         try:
@@ -68,6 +72,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
         raise UsageError(str(error)) from error
     fps = _export_fps(command, settings)
     record = _record(command, settings, overrides, seed, device, dtype, variant, pipe, fps)
+    record["resolved"]["levers"] = levers.names() + (["compile"] if settings.get("compile") else [])
     sidecars = [{**record, "output": {
         "path": str(target.path.absolute()), "format": target.kind, "video_index": target.video_index,
         "videos": videos, "fps": fps,
@@ -152,7 +157,8 @@ def _not_cached(what: str, flag: str, error: loading.CheckpointNotCachedError) -
     )
 
 
-def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, variant: str | None, device: torch.device, needs_adapter: bool):
+def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, variant: str | None, device: torch.device | None, needs_adapter: bool):
+    """The pipeline, its weights read straight into ``dtype`` on ``device`` (None: the CPU)."""
     model, offline = settings["model"], settings.get("offline") or None
     source = dict(revision=settings.get("revision"), local_files_only=offline)
     extra = {}
@@ -160,13 +166,15 @@ def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, varian
         adapter = settings["motion_adapter"]
         logger.info("loading the motion adapter from %s", adapter)
         try:
-            extra["motion_adapter"] = MotionAdapter.from_pretrained(adapter, dtype=dtype, variant=variant, local_files_only=offline)
+            extra["motion_adapter"] = MotionAdapter.from_pretrained(
+                adapter, dtype=dtype, variant=variant, local_files_only=offline, device=device
+            )
         except (OSError, ValueError, TypeError, KeyError) as error:
             raise RunError(f"cannot load --motion-adapter {adapter!r}: {error}") from error
     try:
         logger.info("loading %s from %s", command.pipeline.__name__, model)
-        pipe = command.pipeline.from_pretrained(model, dtype=dtype, variant=variant, **source, **extra)
-        return pipe.to(device)
+        pipe = command.pipeline.from_pretrained(model, dtype=dtype, variant=variant, device=device, **source, **extra)
+        return pipe if device is None else pipe.to(device)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise RunError(f"cannot load --model {model!r}: {error}") from error
 

@@ -57,6 +57,11 @@ def defaults(command: Command) -> dict[str, Any]:
         "scheduler_config": [],
         "device": "auto",
         "dtype": "auto",
+        "vae_tiling": False,
+        "forward_chunking": False,
+        "offload": None,
+        "compile": False,
+        "memory": "off",
     }
 
 

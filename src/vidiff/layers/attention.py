@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .chunking import Chunking, run_chunked
 from .frames import images_to_tokens, tokens_to_images
 
 
@@ -49,6 +50,8 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner_dim, bias=bias)
         # A list for the checkpoint's "to_out.0" name; the dropout that followed it is inference-inert.
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias)])
+        # Set by forward chunking (vidiff.layers.chunking); None runs every query at once.
+        self.chunking: Chunking | None = None
 
     def forward(
         self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
@@ -78,17 +81,36 @@ class Attention(nn.Module):
         return out
 
     def _attend(self, tokens: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        # tokens [N, L, C_q]; context [N, L_ctx, D] or None (self-attention)
+        # tokens [N, L, C_q]; context [N_ctx, L_ctx, D] or None (self-attention). N_ctx may divide N:
+        # each context row then serves N / N_ctx consecutive token rows (a video's context shared by
+        # its frames), and its keys/values are projected once instead of once per frame.
         source = tokens if context is None else context
+        repeats = _rows_per_context(tokens, source)
         if source.shape[1] == 1:
             # A single key: the softmax weight is exactly 1, so every query receives the value
             # itself. Skipping q/k and the kernel is exact (SVD's image-embedding cross-attention).
-            value = self.to_out[0](self.to_v(source))  # [N, 1, C_q]
+            value = self.to_out[0](self.to_v(source))  # [N_ctx, 1, C_q]
+            value = value.repeat_interleave(repeats, dim=0) if repeats > 1 else value
             return value.expand(tokens.shape[0], tokens.shape[1], value.shape[-1])
-        count, length, _ = tokens.shape
-        query = self._split_heads(self.to_q(tokens))
+        if repeats == 1 and (self.chunking is None or self.chunking.dim == 0):
+            return run_chunked(self._attend_rows, self.chunking, tokens, source)
+        # Keys/values once, repeated to the token rows (copies of [N, heads, L_ctx, dim_head], no
+        # matmul); then whole rows or query slices against them.
         key = self._split_heads(self.to_k(source))
         value = self._split_heads(self.to_v(source))
+        if repeats > 1:
+            key, value = key.repeat_interleave(repeats, dim=0), value.repeat_interleave(repeats, dim=0)
+        return run_chunked(self._attend_projected, self.chunking, tokens, key, value)
+
+    def _attend_rows(self, tokens: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        key = self._split_heads(self.to_k(source))
+        value = self._split_heads(self.to_v(source))
+        return self._attend_projected(tokens, key, value)
+
+    def _attend_projected(self, tokens: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        # tokens [N, L, C_q]; key/value [N, heads, L_ctx, dim_head] → [N, L, C_q]
+        count, length, _ = tokens.shape
+        query = self._split_heads(self.to_q(tokens))
         out = F.scaled_dot_product_attention(query, key, value)  # [N, heads, L, dim_head]
         out = out.transpose(1, 2).reshape(count, length, -1)
         return self.to_out[0](out)
@@ -97,6 +119,17 @@ class Attention(nn.Module):
         # [N, L, heads·dim_head] → [N, heads, L, dim_head] (a view; SDPA accepts the strides)
         count, length, width = projected.shape
         return projected.view(count, length, self.heads, width // self.heads).transpose(1, 2)
+
+
+def _rows_per_context(tokens: torch.Tensor, source: torch.Tensor) -> int:
+    """How many token rows share each context row: ``N / N_ctx`` (1 for self-attention)."""
+    if source is tokens or source.shape[0] == tokens.shape[0]:
+        return 1
+    if source.shape[0] == 0 or tokens.shape[0] % source.shape[0]:
+        raise ValueError(
+            f"the context's batch ({source.shape[0]}) must equal or divide the tokens' batch ({tokens.shape[0]})"
+        )
+    return tokens.shape[0] // source.shape[0]
 
 
 class GEGLU(nn.Module):
@@ -154,6 +187,11 @@ class FeedForward(nn.Module):
         self.net = nn.ModuleList(
             [activation, nn.Identity(), nn.Linear(inner_dim, dim_out or dim, bias=bias)]
         )
+        # Set by forward chunking (vidiff.layers.chunking); None runs every token at once.
+        self.chunking: Chunking | None = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return run_chunked(self._project, self.chunking, hidden_states)
+
+    def _project(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.net[2](self.net[0](hidden_states))

@@ -45,14 +45,16 @@ class ResBlock2D(nn.Module):
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, C_in, H, W]``, ``temb`` ``[N, temb_channels]`` or None → ``[N, C_out, H, W]``."""
+        # In-place adds land on fresh conv outputs: no extra [N, C, H, W] buffer per sum, and autograd
+        # is unaffected (a sum saves no inputs). Addition commutes exactly, so results are unchanged.
         hidden = self.conv1(F.silu(self.norm1(input_tensor)))
         if self.time_emb_proj is not None and temb is not None:
-            hidden = hidden + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+            hidden += self.time_emb_proj(F.silu(temb))[:, :, None, None]
         hidden = self.conv2(F.silu(self.norm2(hidden)))
         shortcut = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
-        out = shortcut + hidden
+        out = hidden.add_(shortcut)
         if self.output_scale_factor != 1.0:
-            out = out / self.output_scale_factor
+            out = out.div_(self.output_scale_factor)
         return out
 
 

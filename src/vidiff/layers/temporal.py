@@ -85,10 +85,10 @@ class TemporalResnetBlock(nn.Module):
         hidden = self.conv1(F.silu(self.norm1(input_tensor)))  # [B, C, F, H, W]
         if self.time_emb_proj is not None and temb is not None:
             frame_bias = self.time_emb_proj(F.silu(temb))  # [B, F, C]
-            hidden = hidden + frame_bias.transpose(1, 2)[:, :, :, None, None]
+            hidden += frame_bias.transpose(1, 2)[:, :, :, None, None]  # in place on the fresh conv output
         hidden = self.conv2(F.silu(self.norm2(hidden)))
         shortcut = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
-        return shortcut + hidden
+        return hidden.add_(shortcut)
 
 
 class SpatioTemporalResBlock(nn.Module):
@@ -168,9 +168,9 @@ class TemporalBasicTransformerBlock(nn.Module):
     ) -> torch.Tensor:
         seq_len = hidden_states.shape[1]
         sequences = tokens_to_frame_sequences(hidden_states, num_frames)  # [(B·S), F, C]
-        mixed = self.ff_in(self.norm_in(sequences))
+        mixed = self.ff_in(self.norm_in(sequences))  # a fresh MLP output: residuals add in place
         if self.is_res:
-            mixed = mixed + sequences
+            mixed.add_(sequences)
         mixed = mixed + self.attn1(self.norm1(mixed))
         if self.attn2 is not None:
             # Every pixel of a video shares its context, and attention treats queries independently,
@@ -181,5 +181,5 @@ class TemporalBasicTransformerBlock(nn.Module):
             mixed = (per_video + attended).view(mixed.shape)
         out = self.ff(self.norm3(mixed))
         if self.is_res:
-            out = out + mixed
+            out.add_(mixed)
         return frame_sequences_to_tokens(out, seq_len)

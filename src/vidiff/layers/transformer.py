@@ -75,7 +75,7 @@ class BasicTransformerBlock(nn.Module):
         if self.attn2 is not None:
             normed = self._with_positions(self.norm2(hidden_states))
             hidden_states = hidden_states + self.attn2(normed, encoder_hidden_states)
-        return hidden_states + self.ff(self.norm3(hidden_states))
+        return self.ff(self.norm3(hidden_states)).add_(hidden_states)  # in place on the fresh MLP output
 
     def _with_positions(self, normed: torch.Tensor) -> torch.Tensor:
         return normed if self.pos_embed is None else self.pos_embed(normed)

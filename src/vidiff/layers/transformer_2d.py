@@ -68,7 +68,10 @@ class Transformer2DModel(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``hidden_states`` ``[N, C, H, W]``, context ``[N, L, cross_attention_dim]`` → ``[N, C, H, W]``."""
+        """``hidden_states`` ``[N, C, H, W]``, context ``[N, L, cross_attention_dim]`` → ``[N, C, H, W]``.
+
+        A context of ``N / F`` rows (one per video of ``F`` frames) is shared by consecutive images.
+        """
         height, width = hidden_states.shape[-2:]
         normed = self.norm(hidden_states)
         if self.use_linear_projection:

@@ -84,7 +84,8 @@ class PretrainedModel(nn.Module):
         raw = checkpoint.read_json(loading.join(subfolder, "config.json"))
         with torch.device("meta"):
             model = cls.from_config(raw)
-        state = checkpoint.load_state_dict(subfolder, variant=variant, weights_name=cls.weights_name)
+        # Handles, not tensors: the strict load reads, casts and places one tensor at a time.
+        state = checkpoint.open_state_dict(subfolder, variant=variant, weights_name=cls.weights_name)
         state = cls.rename_legacy_keys(state)
         source = checkpoint.weights_source(subfolder, variant=variant, weights_name=cls.weights_name)
         loading.load_state_dict_strict(

@@ -198,7 +198,7 @@ class I2VGenXLUNet(PretrainedModel):
         batch, num_frames = sample.shape[0], sample.shape[2]
         _check_encoded(sample, context, image_features)
         dtype = self.conv_in.weight.dtype
-        emb = self._embed_time_and_fps(timestep, fps, batch)  # [B, D]
+        emb = self._embed_time_and_fps(timestep, fps, batch, sample.device)  # [B, D]
         images = video_to_images(torch.cat([sample.to(dtype), image_features], dim=1))  # [(B·F), 2·in_channels, H, W]
         hidden = self.transformer_in(self.conv_in(images), num_frames)  # [(B·F), C0, H, W]
         hidden = run_stages(
@@ -207,17 +207,18 @@ class I2VGenXLUNet(PretrainedModel):
             self.up_blocks,
             hidden,
             emb.repeat_interleave(num_frames, dim=0),  # [(B·F), D]
-            context.repeat_interleave(num_frames, dim=0),  # [(B·F), L', D]
+            context,  # [B, L', D]: cross-attention shares it with the frames (keys/values once per video)
             num_frames,
         )
         out = self.conv_out(F.silu(self.conv_norm_out(hidden)))  # [(B·F), C_out, H, W]
         return images_to_video(out, num_frames).contiguous()
 
     def _embed_time_and_fps(
-        self, timestep: torch.Tensor | float | int, fps: torch.Tensor | float | int, batch: int
+        self, timestep: torch.Tensor | float | int, fps: torch.Tensor | float | int, batch: int, device: torch.device
     ) -> torch.Tensor:
-        """``[batch, D]``: the time embedding plus the fps embedding (same sinusoid, its own MLP)."""
-        device, dtype = self.conv_in.weight.device, self.conv_in.weight.dtype
+        """``[batch, D]``: the time embedding plus the fps embedding (same sinusoid, its own MLP), on
+        ``device`` (the sample's: under sequential CPU offload ``conv_in`` may still be parked)."""
+        dtype = self.conv_in.weight.dtype
         width = self.config.block_out_channels[0]
         features = [
             sinusoidal_embedding(batch_timesteps(value, batch, device), width).to(dtype)

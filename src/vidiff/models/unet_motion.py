@@ -219,9 +219,9 @@ class UNetMotionModel(ConditionalUNet):
         dtype = self.conv_in.weight.dtype
         emb = self._time_embedding(timestep, batch, timestep_cond)  # [B, D]
         emb = emb.repeat_interleave(num_frames, dim=0)  # [(B·F), D]
+        # [B, L, D] or [(B·F), L, D]: a per-video context stays per video; cross-attention shares it
+        # with the video's frames and projects its keys/values once, not once per frame.
         context = encoder_hidden_states.to(dtype)
-        if context.shape[0] != batch * num_frames:
-            context = context.repeat_interleave(num_frames, dim=0)  # [(B·F), L, D]
         images = video_to_images(sample.to(dtype))  # [(B·F), C, H, W]
         out = self._run_stages(images, emb, context, num_frames)  # [(B·F), C_out, H, W]
         return images_to_video(out, num_frames).contiguous()

@@ -18,18 +18,13 @@ from . import video_vae
 from .base import PretrainedModel
 from .legacy_keys import rename_vae_attention
 from .vae import Decoder, Encoder, LatentDistribution
-from .vae_tiling import TileLayout, map_tiles
+from .vae_tiling import DEFAULT_OVERLAP, TileLayout, map_tiles, resolve_tile_options
 
 
 def _check_choice(name: str, values: tuple[str, ...], valid: str) -> None:
     unknown = sorted({v for v in values if v != valid})
     if unknown:
         raise ValueError(f"{name} supports only {valid!r}, got {unknown}")
-
-
-def _check_tile_size(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int (pixels), got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +130,7 @@ class AutoencoderKL(PretrainedModel, video_vae.FrameEncodedVAE):
         self.use_tiling = False
         self.tile_sample_min_size = config.tile_size
         self.tile_latent_min_size = int(config.tile_size / config.downsample_factor)
-        self.tile_overlap_factor = 0.25
+        self.tile_overlap_factor = DEFAULT_OVERLAP
 
     @classmethod
     def rename_legacy_keys(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -148,18 +143,10 @@ class AutoencoderKL(PretrainedModel, video_vae.FrameEncodedVAE):
 
     # ---- memory savers --------------------------------------------------------------------------
 
-    def enable_slicing(self) -> None:
-        """Encode and decode one batch entry at a time (same numbers, less peak memory)."""
-        self.use_slicing = True
-
-    def disable_slicing(self) -> None:
-        """Encode and decode whole batches at once again."""
-        self.use_slicing = False
-
     def enable_tiling(
         self,
         tile_sample_min_size: int | None = None,
-        tile_overlap_factor: float = 0.25,
+        tile_overlap_factor: float = DEFAULT_OVERLAP,
         tile_latent_min_size: int | None = None,
     ) -> None:
         """Encode / decode inputs larger than a tile as overlapping tiles with cross-faded seams.
@@ -169,17 +156,16 @@ class AutoencoderKL(PretrainedModel, video_vae.FrameEncodedVAE):
         divided by the downsampling factor); ``tile_overlap_factor`` the shared fraction of a tile.
         Tiled results differ slightly from untiled ones (each tile sees only its window).
         """
-        sample_tile = self.config.tile_size if tile_sample_min_size is None else tile_sample_min_size
-        _check_tile_size("tile_sample_min_size", sample_tile)
-        if tile_latent_min_size is None:
-            tile_latent_min_size = int(sample_tile / self.config.downsample_factor)
-        _check_tile_size("tile_latent_min_size", tile_latent_min_size)
-        # Build both layouts now so a bad overlap fails here, not at the first large input.
-        TileLayout(sample_tile, tile_latent_min_size, tile_overlap_factor)
-        TileLayout(tile_latent_min_size, sample_tile, tile_overlap_factor)
+        sample_tile, overlap, latent_tile = resolve_tile_options(
+            self.config.tile_size,
+            self.config.downsample_factor,
+            tile_sample_min_size,
+            tile_overlap_factor,
+            tile_latent_min_size,
+        )
         self.tile_sample_min_size = sample_tile
-        self.tile_latent_min_size = tile_latent_min_size
-        self.tile_overlap_factor = tile_overlap_factor
+        self.tile_latent_min_size = latent_tile
+        self.tile_overlap_factor = overlap
         self.use_tiling = True
 
     def disable_tiling(self) -> None:

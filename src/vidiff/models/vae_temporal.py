@@ -24,6 +24,7 @@ from . import video_vae
 from .base import PretrainedModel
 from .legacy_keys import rename_vae_attention
 from .vae import Encoder, LatentDistribution, vae_attention
+from .vae_tiling import DEFAULT_OVERLAP, AlignedTileLayout, map_tiles, resolve_tile_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +145,16 @@ class TemporalDecoder(nn.Module):
 
 
 class AutoencoderKLTemporalDecoder(PretrainedModel, video_vae.FrameEncodedVAE):
-    """SVD's VAE: :meth:`encode` single images, :meth:`decode` whole videos."""
+    """SVD's VAE: :meth:`encode` single images, :meth:`decode` whole videos.
+
+    Memory savers, off by default (diffusers' class has neither): :meth:`enable_slicing` encodes one
+    image and decodes one video at a time (the same numbers); :meth:`enable_tiling` encodes and
+    decodes inputs larger than a tile as overlapping spatial tiles with cross-faded seams. A decoder
+    tile spans every frame of the decode call, so frames are mixed exactly as untiled (within the
+    call); tiled frames differ from untiled ones by what each tile cannot see (attention and group
+    norms over the tile, not the frame). State: ``use_slicing``, ``use_tiling``,
+    ``tile_sample_min_size`` (pixels), ``tile_latent_min_size`` (latent pixels), ``tile_overlap_factor``.
+    """
 
     config_class = AutoencoderKLTemporalDecoderConfig
     config: AutoencoderKLTemporalDecoderConfig
@@ -164,6 +174,11 @@ class AutoencoderKLTemporalDecoder(PretrainedModel, video_vae.FrameEncodedVAE):
             layers_per_block=config.layers_per_block,
         )
         self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, kernel_size=1)
+        self.use_slicing = False
+        self.use_tiling = False
+        self.tile_sample_min_size, self.tile_overlap_factor, self.tile_latent_min_size = resolve_tile_options(
+            self.default_tile_size, self.spatial_scale_factor, None, DEFAULT_OVERLAP, None
+        )
 
     @classmethod
     def rename_legacy_keys(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -175,6 +190,81 @@ class AutoencoderKLTemporalDecoder(PretrainedModel, video_vae.FrameEncodedVAE):
         """
         return rename_vae_attention(state, ("encoder.mid_block",))
 
+    # ---- memory savers --------------------------------------------------------------------------
+
+    @property
+    def default_tile_size(self) -> int:
+        """The image tile side :meth:`enable_tiling` uses by default: half of ``config.sample_size``
+        (384 pixels released), rounded down to whole latent pixels, and at least eight of them (a
+        smaller tile is mostly seam, and a sliver at the border would leave the decoder's group norms
+        a single value per channel).
+
+        Half, not the whole (as ``AutoencoderKL`` has it), because this decoder works on every frame of
+        a chunk at once: at SVD-XT's 576 × 1024 a 768-pixel tile would cut the decode in only two
+        tiles, while 384-pixel ones (48 latent pixels, a step of 36) hold a quarter of the frame each.
+        """
+        scale = self.spatial_scale_factor
+        return max(self.config.sample_size // 2 // scale * scale, 8 * scale)
+
+    def enable_tiling(
+        self,
+        tile_sample_min_size: int | None = None,
+        tile_overlap_factor: float = DEFAULT_OVERLAP,
+        tile_latent_min_size: int | None = None,
+    ) -> None:
+        """Encode / decode inputs larger than a tile as overlapping spatial tiles with cross-faded seams.
+
+        ``tile_sample_min_size`` is the tile side in image pixels (default :attr:`default_tile_size`),
+        a multiple of :attr:`spatial_scale_factor` (8 released); ``tile_latent_min_size`` the same
+        side in latent pixels (give either, or both when they agree); ``tile_overlap_factor`` the
+        fraction of a tile shared with each neighbour, over which the seam fades linearly from one
+        tile into the next. Decoder memory then follows one tile (times the frames decoded
+        together), not the frame. Seams are placed exactly (see
+        :class:`~vidiff.models.vae_tiling.AlignedTileLayout`), unlike diffusers' 2-D tiling.
+        """
+        scale = self.spatial_scale_factor
+        latent_given = isinstance(tile_latent_min_size, int) and not isinstance(tile_latent_min_size, bool)
+        if tile_sample_min_size is None and latent_given and tile_latent_min_size > 0:
+            tile_sample_min_size = tile_latent_min_size * scale  # else the check below names the latent tile
+        sample_tile, overlap, latent_tile = resolve_tile_options(
+            self.default_tile_size, scale, tile_sample_min_size, tile_overlap_factor, tile_latent_min_size
+        )
+        if sample_tile != latent_tile * scale:
+            raise ValueError(
+                f"tile_sample_min_size ({sample_tile} pixels) must be tile_latent_min_size ({latent_tile}) × "
+                f"{scale}, this VAE's spatial scale: give one of them, or a multiple of {scale} pixels"
+            )
+        self.tile_sample_min_size, self.tile_overlap_factor, self.tile_latent_min_size = sample_tile, overlap, latent_tile
+        self.use_tiling = True
+
+    def disable_tiling(self) -> None:
+        """Encode and decode every input whole again."""
+        self.use_tiling = False
+
+    # ---- encode / decode ------------------------------------------------------------------------
+
+    def _moments(self, images: torch.Tensor) -> torch.Tensor:
+        # [N, 3, H, W] → [N, 2C, H/8, W/8], tiled when tiling is on and a side exceeds a tile
+        if self.use_tiling and max(images.shape[-2:]) > self.tile_sample_min_size:
+            layout = AlignedTileLayout.for_scale(
+                self.tile_latent_min_size, self.tile_overlap_factor, self.spatial_scale_factor, decode=False
+            )
+            return map_tiles(self._moments_whole, images, layout)
+        return self._moments_whole(images)
+
+    def _moments_whole(self, images: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(images))
+
+    def _frames(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+        # [N, C, h, w] (N / num_frames whole videos) → [N, 3, 8h, 8w]. A tile keeps all N frames, so
+        # the temporal layers see the same frames as untiled; only the spatial extent is cut.
+        if self.use_tiling and max(latents.shape[-2:]) > self.tile_latent_min_size:
+            layout = AlignedTileLayout.for_scale(
+                self.tile_latent_min_size, self.tile_overlap_factor, self.spatial_scale_factor, decode=True
+            )
+            return map_tiles(lambda tile: self.decoder(tile, num_frames), latents, layout)
+        return self.decoder(latents, num_frames)
+
     def encode(self, images: torch.Tensor) -> LatentDistribution:
         """Images ``[N, in_channels, H, W]`` in [−1, 1] → the latent distribution over ``[N, C, H/8, W/8]``.
 
@@ -184,8 +274,10 @@ class AutoencoderKLTemporalDecoder(PretrainedModel, video_vae.FrameEncodedVAE):
             raise ValueError(
                 f"images must be [N, {self.config.in_channels}, H, W], got {tuple(images.shape)}"
             )
-        moments = self.quant_conv(self.encoder(images.to(self.quant_conv.weight.dtype)))
-        return LatentDistribution.from_moments(moments)
+        images = images.to(self.quant_conv.weight.dtype)
+        if self.use_slicing and images.shape[0] > 1:
+            return LatentDistribution.from_moments(torch.cat([self._moments(one) for one in images.split(1)]))
+        return LatentDistribution.from_moments(self._moments(images))
 
     def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Latents ``[N, C, h, w]`` of ``N / num_frames`` whole videos → images ``[N, out_channels, 8h, 8w]``.
@@ -200,7 +292,10 @@ class AutoencoderKLTemporalDecoder(PretrainedModel, video_vae.FrameEncodedVAE):
             raise ValueError(
                 f"num_frames must be ≥ 1 and divide the latent batch ({latents.shape[0]}), got {num_frames}"
             )
-        return self.decoder(latents.to(self.quant_conv.weight.dtype), num_frames)
+        latents = latents.to(self.quant_conv.weight.dtype)
+        if self.use_slicing and latents.shape[0] > num_frames:
+            return torch.cat([self._frames(video, num_frames) for video in latents.split(num_frames)])
+        return self._frames(latents, num_frames)
 
     # ---- the video interface (vidiff.models.video_vae.VideoVAE; the rest in FrameEncodedVAE) ------
 

@@ -14,9 +14,12 @@ sees one window at a time, so peak activation memory is set by the tile size, no
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 
 import torch
+
+DEFAULT_OVERLAP = 0.25  # fraction of a tile shared with each neighbour (diffusers' value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,45 @@ class TileLayout:
     def keep(self) -> int:
         """Output rows / columns each tile contributes (its top-left corner, seams already faded)."""
         return self.output_tile - self.blend_extent
+
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignedTileLayout(TileLayout):
+    """A :class:`TileLayout` whose seams line up for every tile size and overlap.
+
+    diffusers' layout rounds the input step (``stride``) and the output fade (``blend_extent``)
+    separately, so output tiles sit where their inputs were cut only when ``stride · scale`` happens
+    to equal ``output_tile − blend_extent`` (true for its default sizes; not, e.g., for a 6-latent
+    tile at overlap 0.25, where it shifts content and grows the image). Here the steps are given in
+    whole pixels on both sides (``output_step = input_step · scale``), each tile keeps exactly one
+    output step, and the whole true overlap (``output_tile − output_step``) is cross-faded.
+    """
+
+    input_step: int = 1
+    output_step: int = 1
+
+    @classmethod
+    def for_scale(cls, latent_tile: int, overlap_factor: float, scale: int, decode: bool) -> AlignedTileLayout:
+        """The decode (latent → image) or encode (image → latent) layout of a VAE with ``scale``
+        image pixels per latent pixel, ``latent_tile`` latent pixels per tile side."""
+        latent_step = max(int(latent_tile * (1 - overlap_factor)), 1)
+        latent = (latent_tile, latent_step)
+        image = (latent_tile * scale, latent_step * scale)
+        (tile_in, step_in), (tile_out, step_out) = (latent, image) if decode else (image, latent)
+        return cls(tile_in, tile_out, overlap_factor, input_step=step_in, output_step=step_out)
+
+    @property
+    def stride(self) -> int:
+        return self.input_step
+
+    @property
+    def blend_extent(self) -> int:
+        return self.output_tile - self.output_step
+
+    @property
+    def keep(self) -> int:
+        return self.output_step
 
 
 def _fade_in_(previous: torch.Tensor, current: torch.Tensor, extent: int, dim: int) -> None:
@@ -104,3 +146,36 @@ def map_tiles(
         finished_rows.append(torch.cat([out[:, :, : layout.keep, : layout.keep] for out in row], dim=3))
         above = row
     return torch.cat(finished_rows, dim=2)
+
+
+
+def _check_tile_side(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int (pixels), got {value!r}")
+
+
+def resolve_tile_options(
+    default_sample_tile: int,
+    downsample_factor: int,
+    tile_sample_min_size: int | None,
+    tile_overlap_factor: float,
+    tile_latent_min_size: int | None,
+) -> tuple[int, float, int]:
+    """The options of a VAE's ``enable_tiling``, checked: ``(sample_tile, overlap, latent_tile)``.
+
+    ``tile_sample_min_size`` (image pixels) defaults to ``default_sample_tile``; ``tile_latent_min_size``
+    (latent pixels) to the image tile divided by ``downsample_factor``. The overlap must be a real
+    number in [0, 1) that leaves a step of at least one pixel between windows both ways (encode cuts
+    image windows, decode latent windows). Errors name the argument and what would be valid, and
+    come when tiling is switched on rather than at the first large input.
+    """
+    sample_tile = default_sample_tile if tile_sample_min_size is None else tile_sample_min_size
+    _check_tile_side("tile_sample_min_size", sample_tile)
+    latent_tile = int(sample_tile / downsample_factor) if tile_latent_min_size is None else tile_latent_min_size
+    _check_tile_side("tile_latent_min_size", latent_tile)
+    if isinstance(tile_overlap_factor, bool) or not isinstance(tile_overlap_factor, numbers.Real):
+        raise TypeError(f"tile_overlap_factor must be a float in [0, 1), got {tile_overlap_factor!r}")
+    overlap = float(tile_overlap_factor)
+    TileLayout(sample_tile, latent_tile, overlap)
+    TileLayout(latent_tile, sample_tile, overlap)
+    return sample_tile, overlap, latent_tile

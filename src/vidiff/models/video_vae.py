@@ -68,6 +68,16 @@ class FrameEncodedVAE:
     """
 
     config: object
+    use_slicing: bool
+
+    def enable_slicing(self) -> None:
+        """Encode one image and decode one batch entry (SVD: one video) at a time: the same numbers,
+        less peak memory."""
+        self.use_slicing = True
+
+    def disable_slicing(self) -> None:
+        """Encode and decode whole batches at once again."""
+        self.use_slicing = False
 
     @property
     def spatial_scale_factor(self) -> int:

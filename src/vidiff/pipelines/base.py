@@ -15,12 +15,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__, loading
+from ..models import compute_levers
 from ..diffusion.guidance import Guidance
 from ..diffusion.loop import SamplingPlan, sample
 from ..diffusion.noise import NoiseSource
 from ..diffusion.windows import NetworkWrapper
+from ..models.vae_tiling import DEFAULT_OVERLAP
 from . import arguments
 from . import frames as frames_io
+from . import offload
 
 logger = logging.getLogger(__name__)
 P = TypeVar("P", bound="Pipeline")
@@ -45,6 +48,11 @@ class Pipeline:
     # Wraps the network the loop calls: ``(network, frame_axes) -> network``, e.g.
     # ``vidiff.diffusion.windows.FrameWindows([(0, 16), (8, 24)])``. None: the network as is.
     network_wrapper: NetworkWrapper | None = None
+    # The order the networks run in a call (diffusers' name and format); model offload hooks these,
+    # skipping absent ones. Other networks (AnimateDiff's separate motion_adapter copy) stay on the CPU.
+    model_cpu_offload_seq: ClassVar[str] = "text_encoder->image_encoder->unet->vae"
+    # Set while CPU offload is on (see offload.py); None otherwise.
+    _offloader: offload.Offloader | None = None
 
     def __init__(self, **components: Any) -> None:
         expected = set(self.components)
@@ -199,6 +207,38 @@ class Pipeline:
         """Pixels per latent cell along each side (the VAE's ``spatial_scale_factor``; 8 for the released VAEs)."""
         return self.vae.spatial_scale_factor
 
+    # ------------------------------------------------------------------ VAE memory levers
+    def enable_vae_tiling(
+        self,
+        tile_sample_min_size: int | None = None,
+        tile_overlap_factor: float = DEFAULT_OVERLAP,
+        tile_latent_min_size: int | None = None,
+    ) -> None:
+        """Decode (and encode) frames larger than a tile as overlapping spatial tiles, seams cross-faded.
+
+        Delegates to the VAE's ``enable_tiling`` (SD's ``AutoencoderKL``: diffusers' algorithm; SVD's
+        temporal decoder: tiles spanning every frame of a decode chunk). Options: the tile side in
+        pixels (default: the VAE's), or in latent pixels, and the shared fraction of a tile. Frames
+        differ slightly from untiled ones; peak decode memory follows the tile, not the frame.
+        """
+        self.vae.enable_tiling(
+            tile_sample_min_size=tile_sample_min_size,
+            tile_overlap_factor=tile_overlap_factor,
+            tile_latent_min_size=tile_latent_min_size,
+        )
+
+    def disable_vae_tiling(self) -> None:
+        """Decode and encode whole frames again (the output is then exactly as before tiling)."""
+        self.vae.disable_tiling()
+
+    def enable_vae_slicing(self) -> None:
+        """Run the VAE on one batch entry at a time (an image; for SVD's decoder, a video): same frames, less memory."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        """Run the VAE on whole batches again."""
+        self.vae.disable_slicing()
+
     # ------------------------------------------------------------------ devices and dtypes
     def _modules(self) -> list[torch.nn.Module]:
         return [c for c in (getattr(self, n) for n in self.components) if isinstance(c, torch.nn.Module)]
@@ -213,6 +253,11 @@ class Pipeline:
                 device = torch.device(arg)
             else:
                 raise TypeError(f"Pipeline.to() takes a device and/or a torch.dtype, got {type(arg).__name__}")
+        if self._offloader is not None:
+            raise ValueError(
+                f"Pipeline.to() is refused while {self._offloader.mode} CPU offload is on (it places the networks "
+                "itself); call pipe.disable_offload() first, which leaves every network on the CPU"
+            )
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"`dtype` must be a floating-point torch.dtype, got {dtype}")
         for module in self._modules():
@@ -221,7 +266,10 @@ class Pipeline:
 
     @property
     def device(self) -> torch.device:
-        """The device the pipeline runs on: that of its denoising network (``unet``)."""
+        """The device the pipeline runs on: the execution device while CPU offload is on, else that of
+        its denoising network (``unet``)."""
+        if self._offloader is not None:
+            return self._offloader.device
         denoiser = getattr(self, "unet", None)
         modules = [denoiser] if isinstance(denoiser, torch.nn.Module) else self._modules()
         return modules[0].device if modules else torch.device("cpu")
@@ -231,6 +279,49 @@ class Pipeline:
         denoiser = getattr(self, "unet", None)
         modules = [denoiser] if isinstance(denoiser, torch.nn.Module) else self._modules()
         return modules[0].dtype if modules else torch.float32
+
+    # ------------------------------------------------------------------ compute levers (models/compute_levers.py)
+    def compile(self, **torch_compile_options: Any) -> None:
+        """Compile the denoiser's repeated blocks (transformer blocks, resnets) with ``torch.compile``.
+
+        Regional: each block class is traced once per input shape and reused across stages, so the
+        first call's warm-up stays short. Options (``mode``, ``dynamic``, ``fullgraph``, ``backend``)
+        go to ``torch.compile``. Weights, ``state_dict()`` and ``.to()`` are unaffected.
+        """
+        compute_levers.compile_repeated_blocks(compute_levers.denoiser_of(self), **torch_compile_options)
+
+    def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0) -> None:
+        """Run the denoiser's feed-forward and attention layers on slices of ``chunk_size`` rows
+        (None: 1) along ``dim`` (0: the batch of sequences, 1: tokens / queries): less memory, same result."""
+        compute_levers.set_forward_chunking(compute_levers.denoiser_of(self), chunk_size, dim)
+
+    def disable_forward_chunking(self) -> None:
+        """Undo :meth:`enable_forward_chunking`."""
+        compute_levers.clear_forward_chunking(compute_levers.denoiser_of(self))
+
+    # ------------------------------------------------------------------ CPU offload (offload.py)
+    def enable_model_cpu_offload(self, device: torch.device | str | int | None = None) -> None:
+        """Networks stay on the CPU; each whole component moves to ``device`` (default: CUDA) while it
+        runs, the previous one back. ``pipe.to()`` is refused until :meth:`disable_offload`."""
+        self._enable_offload("model", offload.execution_device(device, "enable_model_cpu_offload"))
+
+    def enable_sequential_cpu_offload(self, device: torch.device | str | int | None = None) -> None:
+        """Networks stay on the CPU; each module's weights are copied to ``device`` (default: CUDA) for
+        its own forward only: least memory, slowest. ``pipe.to()`` is refused until :meth:`disable_offload`."""
+        self._enable_offload("sequential", offload.execution_device(device, "enable_sequential_cpu_offload"))
+
+    def disable_offload(self) -> None:
+        """Remove the offload hooks; every network is left on the CPU (``pipe.to("cuda")`` to move it)."""
+        if self._offloader is not None:
+            self._offloader.remove()
+            self._offloader = None
+
+    def _enable_offload(self, mode: offload.OffloadMode, device: torch.device, park_device: str | None = None) -> None:
+        self.disable_offload()  # park_device="meta" is for tests: touching a parked tensor then fails
+        for module in self._modules():
+            module.to("cpu")
+        names = [n for n in self.model_cpu_offload_seq.split("->") if isinstance(getattr(self, n, None), torch.nn.Module)]
+        self._offloader = offload.Offloader(mode, {n: getattr(self, n) for n in names}, device, park_device)
 
     # ------------------------------------------------------------------ the common tail of __call__
     def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -283,6 +374,8 @@ class Pipeline:
             frames = latents
         else:
             frames = frames_io.videos_to_output(self._decode(latents, decode_chunk_size), output_type)
+        if self._offloader is not None:
+            self._offloader.release()  # nothing stays on the accelerator after a call
         return frames_io.VideoPipelineOutput(frames=frames) if return_dict else (frames,)
 
     # ------------------------------------------------------------------ progress

@@ -64,15 +64,59 @@ class RunSize:
     decode_chunk_size: int | None = None  # frames per VAE decoder call; None = all B·F at once
 
 
+OFFLOADS = (None, "model", "sequential")
+
+
+@dataclasses.dataclass(frozen=True)
+class Levers:
+    """The memory levers a run turns on (the pipeline methods of the same names).
+
+    vae_tiling: ``enable_vae_tiling()``, the VAE decodes overlapping tiles of at most its
+    ``sample_size`` pixels a side. forward_chunking: ``enable_forward_chunking()``, feed-forward and
+    attention layers run on slices of their tokens. offload: ``"model"`` (``enable_model_cpu_offload``:
+    only the network in use sits on the accelerator) or ``"sequential"``
+    (``enable_sequential_cpu_offload``: only the layer in use does); both save accelerator memory only.
+    """
+
+    vae_tiling: bool = False
+    forward_chunking: bool = False
+    offload: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.offload not in OFFLOADS:
+            raise ValueError(f"offload must be None, 'model' or 'sequential', got {self.offload!r}")
+
+    def names(self) -> list[str]:
+        """The levers on, in words, cheapest first."""
+        names = ["vae tiling"] if self.vae_tiling else []
+        names += ["forward chunking"] if self.forward_chunking else []
+        return names + ([f"{self.offload} offload"] if self.offload else [])
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSizes:
+    """Parameters of a pipeline's networks: in all, of the largest network, of the largest layer (a
+    module without children: what sequential offload holds on the accelerator at once)."""
+
+    total: int
+    largest_network: int
+    largest_layer: int
+
+
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes a run needs, by what holds them (see the module docstring for the phases)."""
+    """Bytes a run needs, by what holds them (see the module docstring for the phases).
+
+    ``weights`` are all the weights (in host memory on the CPU, on the accelerator without offload);
+    ``device_weights`` those on the accelerator at once under offload (None: all of them).
+    """
 
     weights: int
     latents: int
     denoiser_activations: int
     vae_decode: int
     output_frames: int
+    device_weights: int | None = None
 
     @property
     def working(self) -> int:
@@ -82,7 +126,8 @@ class MemoryEstimate:
     def total(self, device: torch.device | str = "cpu") -> int:
         """Peak bytes on ``device`` (for CUDA: on the GPU; the output frames live in host memory)."""
         if torch.device(device).type == "cuda":
-            return CUDA_RUNTIME_BYTES + self.weights + max(self.latents + self.denoiser_activations, self.latents + self.vae_decode)
+            weights = self.weights if self.device_weights is None else self.device_weights
+            return CUDA_RUNTIME_BYTES + weights + max(self.latents + self.denoiser_activations, self.latents + self.vae_decode)
         return CPU_RUNTIME_BYTES + self.weights + self.working
 
     def as_dict(self) -> dict[str, int]:
@@ -98,9 +143,12 @@ def vae_factor(vae_config: Mapping[str, Any]) -> int:
     return 2 ** (len(vae_config.get("block_out_channels", (128, 256, 512, 512))) - 1)
 
 
-def estimate_memory(configs: Mapping[str, Mapping[str, Any]], parameters: int, size: RunSize) -> MemoryEstimate:
+def estimate_memory(
+    configs: Mapping[str, Mapping[str, Any]], parameters: int | WeightSizes, size: RunSize, levers: Levers = Levers()
+) -> MemoryEstimate:
     """The memory of a run of ``size`` with components ``configs`` (``"unet"`` and ``"vae"``: their
-    config.json dicts) holding ``parameters`` weights in all (see :func:`count_parameters`)."""
+    config.json dicts) holding ``parameters`` weights in all (see :func:`count_parameters`; a
+    :class:`WeightSizes` from :func:`weight_sizes` lets offload be counted), with ``levers`` on."""
     unet, vae = configs["unet"], configs["vae"]
     element = dtype_bytes(size.dtype)
     factor = vae_factor(vae)
@@ -109,13 +157,16 @@ def estimate_memory(configs: Mapping[str, Mapping[str, Any]], parameters: int, s
     images = size.videos * (2 if size.guidance else 1) * size.num_frames
     latent_channels = unet.get("out_channels", 4) + unet.get("in_channels", 4)
     latents = LATENT_COPIES * images * latent_channels * latent_h * latent_w * element
-    denoiser = images * _unet_elements_per_image(unet, latent_h, latent_w) * element
+    per_image = _unet_elements_per_image(unet, latent_h, latent_w, levers.forward_chunking)
+    sizes = parameters if isinstance(parameters, WeightSizes) else WeightSizes(parameters, parameters, parameters)
+    on_device = {None: None, "model": sizes.largest_network, "sequential": sizes.largest_layer}[levers.offload]
     return MemoryEstimate(
-        weights=parameters * element,
+        weights=sizes.total * element,
         latents=latents,
-        denoiser_activations=denoiser,
-        vae_decode=_vae_decode_bytes(vae, size, element),
+        denoiser_activations=images * per_image * element,
+        vae_decode=_vae_decode_bytes(vae, size, element, levers.vae_tiling),
         output_frames=_output_bytes(size),
+        device_weights=None if on_device is None else on_device * element,
     )
 
 
@@ -126,29 +177,40 @@ def _unet_levels(unet: Mapping[str, Any]) -> list[tuple[int, bool]]:
     return [(c, "Attn" in kind) for c, kind in zip(channels, kinds)]
 
 
-def _unet_elements_per_image(unet: Mapping[str, Any], latent_h: int, latent_w: int) -> int:
+def _unet_elements_per_image(unet: Mapping[str, Any], latent_h: int, latent_w: int, chunked: bool = False) -> int:
     """Activation elements alive per image at the denoiser's peak: all skips of the down path plus the
-    largest level's working set."""
+    largest level's working set (with forward chunking, a transformer's is no larger than a resnet's)."""
     per_block = unet.get("layers_per_block", 2)
     per_block = max(per_block) if isinstance(per_block, (list, tuple)) else per_block
     skips, working = 0, 0
     for level, (channels, transformer) in enumerate(_unet_levels(unet)):
         pixels = math.ceil(latent_h / 2**level) * math.ceil(latent_w / 2**level)
         skips += (per_block + 1) * channels * pixels  # each layer's output, and the downsampler's
-        factor = TRANSFORMER_WORKING_SET if transformer else RESNET_WORKING_SET
+        factor = TRANSFORMER_WORKING_SET if transformer and not chunked else RESNET_WORKING_SET
         working = max(working, factor * channels * pixels)
     return skips + working
 
 
-def _vae_decode_bytes(vae: Mapping[str, Any], size: RunSize, element: int) -> int:
+def _vae_decode_bytes(vae: Mapping[str, Any], size: RunSize, element: int, tiled: bool = False) -> int:
     frames = size.videos * size.num_frames
     chunk = min(size.decode_chunk_size or frames, frames)
     channels = vae.get("block_out_channels", (128,))[0]
     temporal = "Temporal" in str(vae.get("_class_name", ""))
     working = (TEMPORAL_VAE_WORKING_SET if temporal else VAE_WORKING_SET) * channels
     pixels = size.height * size.width
-    gathered = frames * 3 * pixels * (element + 4)  # decoded chunks in the dtype, then one float32 tensor
+    if tiled:  # the decoder sees one tile (at most sample_size² pixels) at a time
+        pixels = min(size.height, tile_side(vae)) * min(size.width, tile_side(vae))
+    gathered = frames * 3 * size.height * size.width * (element + 4)  # decoded chunks in the dtype, then float32
     return chunk * working * pixels * element + gathered
+
+
+def tile_side(vae: Mapping[str, Any]) -> int:
+    """Pixels a side of one VAE tile by default: the image VAE's ``sample_size`` (diffusers' tile,
+    512 if unset); half of it for SVD's temporal decoder (its ``enable_vae_tiling`` default)."""
+    if "Temporal" in str(vae.get("_class_name", "")):
+        return max(int(vae.get("sample_size", 768)) // 2, vae_factor(vae))
+    side = vae.get("sample_size", 512)
+    return int(side[0] if isinstance(side, (list, tuple)) else side)
 
 
 def _output_bytes(size: RunSize) -> int:
@@ -190,6 +252,20 @@ def count_networks(networks: Mapping[str, tuple[type, Mapping[str, Any]]]) -> tu
     return configs, sum(count_parameters(model_class, config) for model_class, config in networks.values())
 
 
+def weight_sizes(networks: Mapping[str, tuple[type, Mapping[str, Any]]]) -> tuple[dict[str, Mapping[str, Any]], WeightSizes]:
+    """Like :func:`count_networks`, with the largest network's and the largest layer's parameters."""
+    configs, per_network, largest_layer = {}, [], 0
+    for name, (model_class, config) in networks.items():
+        configs[name] = config
+        with torch.device("meta"):
+            model = model_class.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        per_network.append(sum(p.numel() for p in model.parameters()))
+        for module in model.modules():
+            if next(module.children(), None) is None:
+                largest_layer = max(largest_layer, sum(p.numel() for p in module.parameters(recurse=False)))
+    return configs, WeightSizes(sum(per_network), max(per_network, default=0), largest_layer)
+
+
 def read_networks(pipeline_class: type, checkpoint: loading.Checkpoint) -> tuple[dict[str, Mapping[str, Any]], int]:
     """The config.json of each network ``pipeline_class`` would load from ``checkpoint`` (keyed by
     component) and their parameter count in all. Reads JSON only."""
@@ -204,6 +280,38 @@ def available_memory(device: torch.device | str) -> int:
         return torch.cuda.mem_get_info(device)[1]
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return min([total, *_cgroup_limits()])
+
+
+def free_memory(device: torch.device | str) -> int:
+    """Bytes a run may take now: the GPU's free memory for CUDA; otherwise the RAM the kernel can
+    give without swapping (MemAvailable), capped by what this process's cgroup has left."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    free = available_memory(device)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = min(free, int(line.split()[1]) * 1024)
+    except OSError:
+        pass  # not Linux: the total is the best we know
+    for limit, used in zip(_cgroup_limits(), _cgroup_usage()):
+        free = min(free, max(limit - used, 0))
+    return free
+
+
+def _cgroup_usage() -> list[int]:
+    """Bytes this process's cgroup uses (v2, then v1), in the order of :func:`_cgroup_limits`."""
+    usage = []
+    for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, used = Path(limit_path).read_text().strip(), Path(usage_path).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and int(limit) < 2**60 and used.isdigit():
+            usage.append(int(used))
+    return usage
 
 
 def _cgroup_limits() -> list[int]:
