@@ -10,6 +10,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -200,12 +202,18 @@ def test_auto_on_the_cli_says_one_line_and_enables_the_levers(tiny_svd, work, mo
 
 
 def test_lever_flags_are_recorded_and_replayed(tiny_svd, work):
-    """--forward-chunking gives the same video as the plain run; the sidecar records the flags and
-    --from-json replays them (the same bytes)."""
+    """--forward-chunking gives the plain run's frames (within one uint8 level: chunked kernels round
+    differently at some thread counts); the sidecar records the flags and --from-json replays them
+    (the same bytes)."""
     common = ["svd", "img.png", "--model", tiny_svd[0], *SMALL, "--seed", 2]
-    ok(vidiff(*common, "-o", "plain.mp4", cwd=work))
-    ok(vidiff(*common, "--forward-chunking", "-o", "chunked.mp4", cwd=work))
-    assert (work / "chunked.mp4").read_bytes() == (work / "plain.mp4").read_bytes()
+    ok(vidiff(*common, "-o", "plain", cwd=work))
+    ok(vidiff(*common, "--forward-chunking", "-o", "chunked.mp4", "-o", "chunked", cwd=work))
+    plain_frames, chunked_frames = sorted((work / "plain").glob("*.png")), sorted((work / "chunked").glob("*.png"))
+    assert len(plain_frames) == len(chunked_frames) > 0
+    for plain, chunked in zip(plain_frames, chunked_frames):
+        a = np.asarray(PIL.Image.open(plain), dtype=np.int16)
+        b = np.asarray(PIL.Image.open(chunked), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1, (plain.name, np.abs(a - b).max())
     record = json.loads((work / "chunked.mp4.json").read_text())
     assert record["arguments"]["forward_chunking"] is True and record["arguments"]["offload"] is None
     assert record["resolved"]["levers"] == ["forward chunking"]
