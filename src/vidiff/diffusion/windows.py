@@ -93,6 +93,42 @@ class FrameWindows:
             )
 
 
+WEIGHTINGS = ("flat", "pyramid", "delayed_reverse_sawtooth")
+
+
+def window_weights(length: int, scheme: str = "pyramid") -> list[float]:
+    """Per-frame weights of one window of ``length`` frames, for fusing overlapping windows.
+
+    ``"flat"``: all 1. ``"pyramid"``: rising 1, 2, … to the middle and falling back (5 → [1, 2, 3, 2, 1],
+    4 → [1, 2, 2, 1]). ``"delayed_reverse_sawtooth"`` (FreeNoise's): 0.01 for the first half, then
+    falling from the middle (4 → [0.01, 2, 2, 1]). The numbers are FreeNoise's (diffusers 0.42.1), so
+    its windows fuse identically:
+
+    - even ``length`` = 2m: pyramid ``1..m, m..1``; sawtooth ``0.01 × (m − 1), m, m..1``;
+    - odd ``length`` = 2m − 1: pyramid ``1..m−1, m, m−1..1``; sawtooth ``0.01 × m, m..1`` — that is
+      ``length + 1`` weights, one more than frames (diffusers' own slip: a FreeNoise window of odd
+      length then fails to broadcast; callers refuse odd lengths for this scheme).
+    """
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"window_weights: `length` must be a positive int, got {length!r}")
+    if scheme == "flat":
+        return [1.0] * length
+    if scheme == "pyramid":
+        if length % 2 == 0:
+            rise = [float(w) for w in range(1, length // 2 + 1)]
+            return rise + rise[::-1]
+        mid = (length + 1) // 2
+        rise = [float(w) for w in range(1, mid)]
+        return rise + [float(mid)] + rise[::-1]
+    if scheme == "delayed_reverse_sawtooth":
+        if length % 2 == 0:
+            mid = length // 2
+            return [0.01] * (mid - 1) + [float(mid)] + [float(w) for w in range(mid, 0, -1)]
+        mid = (length + 1) // 2
+        return [0.01] * mid + [float(w) for w in range(mid, 0, -1)]
+    raise ValueError(f"window weighting must be one of {list(WEIGHTINGS)}, got {scheme!r}")
+
+
 def sliding_windows(num_frames: int, length: int, stride: int) -> list[tuple[int, int]]:
     """Windows of ``length`` frames every ``stride`` frames, the last one ending at ``num_frames``.
 

@@ -24,12 +24,14 @@ from ..models.vae_tiling import DEFAULT_OVERLAP
 from . import arguments
 from . import frames as frames_io
 from . import offload
+from .context_windows import ContextWindowsMixin
+from .free_init import FreeInitMixin
 
 logger = logging.getLogger(__name__)
 P = TypeVar("P", bound="Pipeline")
 
 
-class Pipeline:
+class Pipeline(ContextWindowsMixin, FreeInitMixin):
     """Base of vidiff's pipelines.
 
     Subclasses declare :attr:`components`: for each component name (the subfolder and the
