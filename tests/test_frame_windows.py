@@ -202,11 +202,12 @@ def test_frame_axes_name_inputs_the_pipelines_hand_the_loop(pipeline_and_call):
 
     def recording(network, frame_axes):
         def wrapped(x, timestep, inputs):
-            seen.append({name: inputs[name].shape[axis] for name, axis in frame_axes.items()})
+            # a declared input may be absent from a call (AnimateDiff's frame_context: prompt travel only)
+            seen.append({name: inputs[name].shape[axis] for name, axis in frame_axes.items() if name in inputs})
             assert all(value.shape[0] == x.shape[0] for value in inputs.values())  # per video, [B', …]
             return network(x, timestep, inputs)
 
         return wrapped
 
     _run(pipe, call, recording)
-    assert seen and all(counts == {name: NUM_FRAMES for name in pipe.frame_axes} for counts in seen)
+    assert seen and all(set(counts.values()) <= {NUM_FRAMES} for counts in seen)

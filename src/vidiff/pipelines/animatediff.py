@@ -24,6 +24,8 @@ from ..models.unet_motion import UNetMotionModel
 from ..models.vae_kl import AutoencoderKL
 from ..tokenizer import CLIPTokenizer
 from . import frames as frames_io
+from . import prompt_travel
+from . import prompts as prompt_io
 from .text_video import CALLBACK_TENSOR_INPUTS, SCHEDULERS, TextVideoPipeline
 
 logger = logging.getLogger(__name__)
@@ -55,8 +57,9 @@ class AnimateDiffPipeline(TextVideoPipeline):
         "scheduler": SCHEDULERS,
     }
     optional_components = frozenset({"motion_adapter"})
-    # cond/uncond: encoder_hidden_states [B, 77, D] only, shared by every frame: no frame-indexed input.
-    frame_axes = {}
+    # cond/uncond: either encoder_hidden_states [B, 77, D], shared by every frame, or (prompt travel)
+    # frame_context [B, F, 77, D], text states per frame.
+    frame_axes = {"frame_context": 1}
 
     unet: UNetMotionModel
     motion_adapter: MotionAdapter | None
@@ -90,13 +93,13 @@ class AnimateDiffPipeline(TextVideoPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | Sequence[str] | None = None,
+        prompt: str | Sequence[str] | Mapping[int, str] | None = None,
         num_frames: int = 16,
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
-        negative_prompt: str | Sequence[str] | None = None,
+        negative_prompt: str | Sequence[str] | Mapping[int, str] | None = None,
         num_videos_per_prompt: int = 1,
         eta: float = 0.0,
         generator: GeneratorInput = None,
@@ -114,7 +117,10 @@ class AnimateDiffPipeline(TextVideoPipeline):
 
         Args:
             prompt: text or list of texts (one video each, times ``num_videos_per_prompt``); or
-                pass ``prompt_embeds`` instead. Over 77 tokens is truncated, with a warning.
+                pass ``prompt_embeds`` instead. Over 77 tokens is truncated, with a warning. Prompt
+                travel: a dict ``{frame: text}`` starting at frame 0 makes one video whose text
+                states blend from key frame to key frame (``negative_prompt`` may be a dict too);
+                diffusers needs FreeNoise for this, vidiff does not.
             num_frames: frames per video (16; the v1.5 motion modules were trained on 16).
             height, width: size in pixels, multiples of 8 (default: the UNet's ``sample_size`` × 8,
                 512 for Stable Diffusion 1.5).
@@ -143,16 +149,20 @@ class AnimateDiffPipeline(TextVideoPipeline):
         )
         guided = guidance_scale > 1
         device = self.device
-        prompt_embeds, negative_prompt_embeds = self._text_conditioning(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device
-        )
-        prompt_embeds = prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)  # [B, 77, D]
+        if prompt_travel.is_schedule(prompt) or prompt_travel.is_schedule(negative_prompt):
+            cond, uncond = self._frame_text_inputs(
+                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device, num_frames
+            )
+        else:
+            cond, uncond = self._video_text_inputs(
+                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device
+            )
+        cond = {name: value.repeat_interleave(num_videos_per_prompt, dim=0) for name, value in cond.items()}
+        if uncond is not None:
+            uncond = {name: value.repeat_interleave(num_videos_per_prompt, dim=0) for name, value in uncond.items()}
+        prompt_embeds = next(iter(cond.values()))  # [B, 77, D] or, per frame, [B, F, 77, D]
         batch_size = prompt_embeds.shape[0]
         check_generator(generator, batch_size)
-        cond = {"encoder_hidden_states": prompt_embeds}
-        uncond = None
-        if guided:
-            uncond = {"encoder_hidden_states": negative_prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)}
 
         plan = self._plan(num_inference_steps, eta, device)
         shape = (batch_size, *self.vae.latent_shape(num_frames, height, width))  # [B, C, f, h, w]
@@ -166,6 +176,65 @@ class AnimateDiffPipeline(TextVideoPipeline):
         return self._finish(latents, output_type, return_dict, decode_chunk_size)
 
     # ------------------------------------------------------------------ steps of __call__
+    def _video_text_inputs(
+        self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """Text states per prompt, shared by every frame: ``{"encoder_hidden_states": [N, 77, D]}``."""
+        prompt_embeds, negative_prompt_embeds = self._text_conditioning(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device
+        )
+        uncond = {"encoder_hidden_states": negative_prompt_embeds} if guided else None
+        return {"encoder_hidden_states": prompt_embeds}, uncond
+
+    def _frame_text_inputs(
+        self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device, num_frames
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """Prompt travel: text states per frame, ``{"frame_context": [1, F, 77, D]}`` (one video).
+
+        A dict prompt (or negative prompt) is encoded at its key frames and interpolated between them
+        (:mod:`.prompt_travel`, with FreeNoise's ``prompt_interpolation_callback`` when one is set); a
+        plain text, or precomputed embeddings ``[1, 77, D]``, holds for every frame.
+        """
+        callback = getattr(self, "_free_noise_prompt_interpolation_callback", None)
+        if prompt is not None and not isinstance(prompt, (str, Mapping)):
+            raise TypeError(
+                "a prompt schedule ({frame: text}) makes one video: give `prompt` as a dict or one text, "
+                f"not a {type(prompt).__name__}"
+            )
+        positive = self._frame_states(prompt, prompt_embeds, num_frames, "prompt", clip_skip, callback, device)
+        if not guided:
+            return {"frame_context": positive[None]}, None
+        if negative_prompt is None and negative_prompt_embeds is None:
+            negative_prompt = ""
+        negative = self._frame_states(
+            negative_prompt, negative_prompt_embeds, num_frames, "negative_prompt", None, callback, device,
+            max_length=positive.shape[1],
+        )
+        return {"frame_context": positive[None]}, {"frame_context": negative[None]}
+
+    def _frame_states(self, text, embeds, num_frames, argument, clip_skip, callback, device, max_length=None) -> torch.Tensor:
+        """``[F, L, D]`` text states for one video from a schedule, a text or embeddings ``[1, L, D]``."""
+        if text is not None and embeds is not None:
+            raise ValueError(f"Pass at most one of `{argument}` and `{argument}_embeds`, not both")
+        if text is None:
+            if embeds is None:
+                raise ValueError("Pass exactly one of `prompt` and `prompt_embeds`; got neither")
+            if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[0] != 1:
+                shape = list(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+                raise ValueError(f"with a prompt schedule, `{argument}_embeds` must be one video's states [1, L, D], got {shape}")
+            return embeds.to(device=device, dtype=self.text_encoder.dtype).expand(num_frames, -1, -1)
+        if not isinstance(text, (str, Mapping)):
+            raise TypeError(f"with a prompt schedule, `{argument}` must be a dict {{frame: text}} or one text, got {type(text).__name__}")
+        schedule = prompt_travel.check_schedule(text, num_frames, argument) if isinstance(text, Mapping) else {0: text}
+        states = prompt_io.encode_prompts(
+            self.tokenizer, self.text_encoder, list(schedule.values()), clip_skip=clip_skip, device=device,
+            max_length=max_length, argument=argument,
+        )  # [K, L, D]
+        return prompt_travel.interpolate(list(schedule), states, num_frames, callback)
+
     def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        # x: [B', 4, F, h, w]; the text embedding [B', 77, D] is per video (the UNet gives it to every frame).
+        # x: [B', 4, F, h, w]. Text states per video [B', 77, D] (the UNet gives them to every frame), or
+        # with prompt travel per frame [B', F, 77, D] → [(B'·F), 77, D], frames of a video consecutive.
+        if "frame_context" in cond:
+            return self.unet(x, timestep, cond["frame_context"].flatten(0, 1))
         return self.unet(x, timestep, cond["encoder_hidden_states"])
