@@ -12,7 +12,6 @@ which for linspace and trailing spacings is not ᾱ of the next scheduled timest
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,7 +24,7 @@ from ..diffusion.plan import PlanRequest, SamplingPlan
 from ..diffusion.steppers import StepContext
 from ..diffusion.steppers_vp import DDIMStepper
 from .base import Scheduler, SchedulerStepOutput
-from .vp_discrete import VPSchedulerParts, as_timestep, check_step_count, check_vp_options, plan_sigmas
+from .vp_discrete import VPTableScheduler, as_timestep, check_step_count, check_vp_options, plan_sigmas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +51,7 @@ class DDIMConfig(Config):
         check_vp_options(self)
 
 
-class DDIMScheduler(Scheduler):
+class DDIMScheduler(VPTableScheduler, Scheduler):
     """Denoising diffusion implicit models (Song et al. 2021), η = 0 by default.
 
     ``DDIMScheduler.from_pretrained(repo)`` reads ``scheduler/scheduler_config.json``;
@@ -62,18 +61,6 @@ class DDIMScheduler(Scheduler):
     config_class = DDIMConfig
     config: DDIMConfig
     order = 1
-    init_noise_sigma = 1.0  # VP sample: the initial latents are unit noise
-
-    def __init__(self, config: Config | dict[str, Any] | None = None, **options: Any) -> None:
-        super().__init__(config, **options)
-        parts = VPSchedulerParts.from_config(self.config)
-        self.table, self.parameterization, self.limit = parts.table, parts.parameterization, parts.limit
-        self.timesteps = parts.training_timesteps  # until set_timesteps
-
-    @property
-    def alphas_cumprod(self) -> Tensor:
-        """ᾱ_t of the training schedule, [T] float32."""
-        return self.table.alphas_cumprod
 
     @property
     def final_alpha_cumprod(self) -> Tensor:

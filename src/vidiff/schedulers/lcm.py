@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from ..diffusion.plan import PlanRequest, SamplingPlan
 from ..diffusion.steppers import StepContext
 from ..diffusion.steppers_vp import LCMStepper, lcm_boundary_scalings
 from .base import SequentialScheduler
-from .vp_discrete import VPSchedulerParts, as_timestep, check_step_count, check_vp_options, plan_sigmas
+from .vp_discrete import VPTableScheduler, as_timestep, check_step_count, check_vp_options, plan_sigmas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,7 @@ class LCMStepOutput(NamedTuple):
     denoised: Tensor | None = None
 
 
-class LCMScheduler(SequentialScheduler):
+class LCMScheduler(VPTableScheduler, SequentialScheduler):
     """Multistep latent consistency sampling (Luo et al. 2023).
 
     ``scheduler.plan(4)`` is what vidiff's pipelines sample with; the loop needs a ``noise``
@@ -75,18 +75,6 @@ class LCMScheduler(SequentialScheduler):
     config_class = LCMConfig
     config: LCMConfig
     order = 1
-    init_noise_sigma = 1.0  # VP sample: the initial latents are unit noise
-
-    def __init__(self, config: Config | dict[str, Any] | None = None, **options: Any) -> None:
-        super().__init__(config, **options)
-        parts = VPSchedulerParts.from_config(self.config)
-        self.table, self.parameterization, self.limit = parts.table, parts.parameterization, parts.limit
-        self.timesteps = parts.training_timesteps  # until set_timesteps
-
-    @property
-    def alphas_cumprod(self) -> Tensor:
-        """ᾱ_t of the training schedule, [T] float32."""
-        return self.table.alphas_cumprod
 
     # ------------------------------------------------------------------ the schedule
     honours = frozenset({"timesteps", "strength", "original_inference_steps"})

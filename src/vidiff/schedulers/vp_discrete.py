@@ -98,6 +98,26 @@ class VPSchedulerParts:
         )
 
 
+class VPTableScheduler:
+    """Mixin of the VP-table schedulers (DDIM, LCM): their config-derived parts, set at construction.
+
+    Put it before the scheduler base: ``class DDIMScheduler(VPTableScheduler, Scheduler)``.
+    """
+
+    init_noise_sigma = 1.0  # VP sample: the initial latents are unit noise
+
+    def __init__(self, config: Any = None, **options: Any) -> None:
+        super().__init__(config, **options)  # type: ignore[call-arg]
+        parts = VPSchedulerParts.from_config(self.config)  # type: ignore[attr-defined]
+        self.table, self.parameterization, self.limit = parts.table, parts.parameterization, parts.limit
+        self.timesteps = parts.training_timesteps  # until set_timesteps
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """ᾱ_t of the training schedule, [T] float32."""
+        return self.table.alphas_cumprod
+
+
 def check_vp_options(config: Any) -> None:
     """ValueError naming the option for the choices DDIM and LCM share."""
     owner = type(config).__name__
