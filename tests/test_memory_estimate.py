@@ -58,6 +58,18 @@ def test_estimate_grows_with_every_size(svd_xt):
     assert unguided.denoiser_activations * 2 == base.denoiser_activations  # guidance doubles the batch
 
 
+def test_context_windows_bound_the_denoiser_by_the_window(svd_xt):
+    """A 100-frame run with 25-frame windows: the denoiser's activations are the 25-frame run's; the
+    latents, the decode chunks and the output still grow with the video."""
+    long = dataclasses.replace(XT, num_frames=100)
+    windowed = memory.estimate_memory(*svd_xt, dataclasses.replace(long, window_frames=25))
+    assert windowed.denoiser_activations == memory.estimate_memory(*svd_xt, XT).denoiser_activations
+    assert windowed.denoiser_activations * 4 == memory.estimate_memory(*svd_xt, long).denoiser_activations
+    assert windowed.latents == memory.estimate_memory(*svd_xt, long).latents
+    # a window longer than the video is the whole video
+    assert memory.estimate_memory(*svd_xt, dataclasses.replace(XT, window_frames=40)) == memory.estimate_memory(*svd_xt, XT)
+
+
 def test_nonsense_runs_need_terabytes(svd_xt):
     frames = memory.estimate_memory(*svd_xt, dataclasses.replace(XT, num_frames=10000, decode_chunk_size=None))
     assert frames.total() > 1000 * GB

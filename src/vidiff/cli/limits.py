@@ -116,6 +116,8 @@ def run_size(command: Command, settings: dict[str, Any], configs: dict[str, dict
         dtype=dtype,
         guidance=scale > 1,  # every pipeline here skips the unconditional branch at scale ≤ 1
         decode_chunk_size=chunk,
+        # context windows (--context-length without --free-noise): the denoiser sees a window at a time
+        window_frames=None if settings.get("free_noise") else settings.get("context_length"),
     )
 
 

@@ -22,6 +22,7 @@ from .commands import (
     unit_interval,
 )
 from .errors import UsageError
+from .long_video import add_long_video_flags
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_pipeline_flags(sub, command)
         _add_model_flags(sub, command)
         _add_memory_flags(sub)
+        add_long_video_flags(sub, command)
         _add_run_flags(sub)
         add_common_flags(sub)
     demo = subcommands.add_parser(

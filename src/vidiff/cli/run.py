@@ -17,7 +17,7 @@ from .. import __version__, loading
 from ..models.base import PretrainedModel
 from ..models.motion_adapter import MotionAdapter, MotionAdapterConfig
 from ..pipelines import memory
-from . import limits, memory_levers, outputs, settings as run_settings
+from . import limits, long_video, memory_levers, outputs, settings as run_settings
 from .commands import ANIMATEDIFF_EXPORT_FPS, Command, scheduler_choices
 from .errors import RunError, UsageError
 
@@ -31,6 +31,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     if recorded is not None and command.takes_image:
         _warn_if_image_changed(settings["image"], recorded)
     prompt = run_settings.read_prompt(command, settings) if command.takes_prompt else None
+    long = long_video.plan(command, settings)  # --prompt-at, --free-noise, --context-*, --free-init
     limits.check_text(settings)
     overrides = run_settings.scheduler_overrides(command, settings)
     seed = run_settings.pick_seed(settings)
@@ -42,6 +43,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     limits.check_gif_rate(command, targets, _export_fps(command, settings))
     device = run_settings.pick_device(settings["device"])
     networks, needs_adapter = _check_model(command, settings)
+    long_video.check_with_configs(long, command, settings, networks)  # SVD's length, the motion modules' limit
     dtype = run_settings.pick_dtype(settings["dtype"], device)
     variant = run_settings.pick_variant(settings["variant"], dtype)
     settings = {**settings, "offload": memory_levers.usable(memory_levers.given_levers(settings), device).offload}
@@ -52,6 +54,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     # Offloaded networks load on the CPU (the offload hooks move them); the others straight onto the device.
     pipe = _load(command, settings, dtype, variant, None if levers.offload else device, needs_adapter)
     memory_levers.apply(pipe, levers, bool(settings.get("compile")), device)
+    long_video_calls = long_video.apply(pipe, long)
     if settings.get("scheduler") or overrides:
         cls = scheduler_choices(command)[settings["scheduler"]] if settings.get("scheduler") else type(pipe.scheduler)
         try:
@@ -64,7 +67,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     if image is not None:
         call["image"] = image
     if prompt is not None:
-        call["prompt"] = prompt
+        call["prompt"] = long.prompt(prompt)
     logger.info("generating %d video(s) with %s, seed %d (%s)", videos, type(pipe.scheduler).__name__, seed.value, seed.kind)
     try:
         frames = pipe(**call, generator=seed.generator(), output_type="np").frames  # [B, F, H, W, 3]
@@ -73,6 +76,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     fps = _export_fps(command, settings)
     record = _record(command, settings, overrides, seed, device, dtype, variant, pipe, fps)
     record["resolved"]["levers"] = levers.names() + (["compile"] if settings.get("compile") else [])
+    record["resolved"]["long_video"] = long_video_calls  # each enable_*() call, its defaults filled in
     sidecars = [{**record, "output": {
         "path": str(target.path.absolute()), "format": target.kind, "video_index": target.video_index,
         "videos": videos, "fps": fps,

@@ -23,6 +23,7 @@ from ..image_loading import load_image
 from ..pipelines.frames import check_image_size
 from .commands import Command, scheduler_choices
 from .errors import UsageError
+from .long_video import defaults as long_video_defaults
 from .parser import subcommand_actions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -62,6 +63,7 @@ def defaults(command: Command) -> dict[str, Any]:
         "offload": None,
         "compile": False,
         "memory": "off",
+        **long_video_defaults(command),  # prompt travel, FreeNoise, context windows, FreeInit: off
     }
 
 
@@ -109,6 +111,10 @@ def check_recorded(command: Command, path: str, recorded: dict[str, Any]) -> dic
                 logger.warning("--from-json %s: ignoring %r, which this vidiff has no setting for", path, key)
         elif value is None or key == "scheduler_config":
             checked[key] = value  # checked with the scheduler (scheduler_overrides)
+        elif isinstance(action, argparse._AppendAction):  # a repeatable flag (--prompt-at): a list
+            if not isinstance(value, list):
+                raise UsageError(f"--from-json {path!r}: argument {action.option_strings[-1]}: expected a list, got {value!r}")
+            checked[key] = [_recorded_value(path, action, item) for item in value]
         else:
             checked[key] = _recorded_value(path, action, value)
     return checked

@@ -9,11 +9,15 @@ residuals are meant to be such wrappers.
 
 :class:`FrameWindows` calls the network once per window ``[a, b)`` of frames, on that slice of the
 latents and of every frame-indexed input (inputs without a frame axis go whole), and writes each
-window's output back into its frames, averaging where windows overlap.
+window's output back into its frames, averaging where windows overlap. :class:`ContextWindows` is
+the long-video wrapper the pipelines' ``enable_context_windows`` installs: windows of a fixed length
+chosen per step by a schedule (:mod:`.window_schedules`), possibly wrapping round the end of the
+video (closed loop), fused with per-position weights (:func:`window_weights`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .loop import Network
+from .window_schedules import SCHEDULES, Window, context_windows
 
 # Input name → the axis that indexes frames in that input (e.g. ``{"image_latents": 2}`` for
 # ``[B, C, F, h, w]``). Inputs not listed have no frame axis.
@@ -147,6 +152,131 @@ def sliding_windows(num_frames: int, length: int, stride: int) -> list[tuple[int
     return [(start, start + length) for start in starts]
 
 
+FUSES = ("pyramid", "flat")
+
+
+@dataclass(frozen=True)
+class ContextWindows:
+    """A :data:`NetworkWrapper` for long videos: the network runs on overlapping windows of
+    ``context_length`` frames, chosen per step by ``schedule``, and the outputs are fused per frame.
+
+    Windows come from :func:`~vidiff.diffusion.window_schedules.context_windows` (``"uniform"``:
+    windows shift from step to step so seams move; ``"static"``: fixed; ``closed_loop``: windows
+    wrap from the last frame to frame 0, for looping videos). A window's frames are a slice of the
+    latents and of every frame-indexed input (a gather when it wraps). In each frame the outputs of
+    the windows holding it are averaged with weights by position in the window (``fuse``:
+    ``"pyramid"`` 1, 2, … up to the middle and back, favouring window centres; ``"flat"``: equal),
+    normalised per frame, in float32. A frame in one window only is that window's output exactly, so
+    ``context_length == num_frames`` is the unwrapped network bit for bit.
+
+    The wrapper the pipeline builds for one denoising run counts its calls: call ``k`` uses the
+    windows of step ``k`` (a stepper that calls the network twice per step, like Heun, advances the
+    schedule on each call). Each network call processes exactly one window, so activation memory
+    follows ``context_length``, not the video. ``context_length`` counts latent frames.
+    """
+
+    context_length: int = 16
+    context_overlap: int = 4
+    schedule: str = "uniform"
+    closed_loop: bool = False
+    fuse: str = "pyramid"
+
+    def __post_init__(self) -> None:
+        for name in ("context_length", "context_overlap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"`{name}` must be an int, got {value!r}")
+        if self.context_length < 1:
+            raise ValueError(f"`context_length` must be ≥ 1 frame, got {self.context_length}")
+        if not 0 <= self.context_overlap < self.context_length:
+            raise ValueError(
+                f"`context_overlap` must be in [0, context_length) = [0, {self.context_length}), got {self.context_overlap}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.fuse not in FUSES:
+            raise ValueError(f"`fuse` must be one of {list(FUSES)}, got {self.fuse!r}")
+        if not isinstance(self.closed_loop, bool):
+            raise TypeError(f"`closed_loop` must be True or False, got {self.closed_loop!r}")
+        if self.closed_loop and self.context_overlap == 0:
+            raise ValueError("closed_loop needs `context_overlap` ≥ 1: without overlap no window spans the seam from the last frame to the first")
+
+    def windows(self, num_frames: int, step: int = 0) -> list[Window]:
+        """The windows (tuples of frame indices) of denoising step ``step`` for ``num_frames`` latent frames."""
+        return context_windows(num_frames, self.context_length, self.context_overlap, self.schedule, step, self.closed_loop)
+
+    def check(self, num_frames: int) -> None:
+        """Raise ValueError naming ``context_length`` and ``num_frames`` if a window would not fit the video."""
+        if self.context_length > num_frames:
+            raise ValueError(
+                f"`context_length` ({self.context_length}) is longer than the video: `num_frames` is {num_frames} "
+                "(latent frames); use a context_length ≤ num_frames, or disable_context_windows()"
+            )
+
+    def __call__(self, network: Network, frame_axes: FrameAxes) -> Network:
+        axes = dict(frame_axes)
+        calls = itertools.count()  # one wrapper per denoising run: call k is step k
+
+        def windowed(x: Tensor, timestep: Tensor, inputs: Mapping[str, Tensor]) -> Tensor:
+            num_frames = x.shape[LATENT_FRAME_AXIS]
+            self.check(num_frames)
+            _check_frame_inputs(inputs, axes, num_frames, "ContextWindows")
+            windows = self.windows(num_frames, next(calls))
+            weights = [window_weights(len(window), self.fuse) for window in windows]
+            return fuse_windows(network, x, timestep, inputs, axes, windows, weights)
+
+        return windowed
+
+
+def fuse_windows(
+    network: Network,
+    x: Tensor,
+    timestep: Tensor,
+    inputs: Mapping[str, Tensor],
+    axes: Mapping[str, int],
+    windows: Sequence[Window],
+    weights: Sequence[Sequence[float]],
+) -> Tensor:
+    """Run ``network`` once per window (frame-index tuples) and average its outputs per frame.
+
+    ``weights[i][k]`` weighs frame ``windows[i][k]``; per frame the weights are normalised to sum
+    to 1 before use (so one window's frame gets weight exactly 1.0 and its output unchanged). The
+    sums are kept in at least float32, ``[B', C, F, H, W]``; the result has the outputs' dtype.
+    """
+    num_frames = x.shape[LATENT_FRAME_AXIS]
+    totals = [0.0] * num_frames  # float64 per-frame weight sums
+    for window, window_weight in zip(windows, weights, strict=True):
+        for frame, weight in zip(window, window_weight, strict=True):
+            totals[frame] += weight
+    missing = [frame for frame, total in enumerate(totals) if total <= 0]
+    if missing:
+        raise ValueError(f"frames {missing} of {num_frames} get no positive weight from any context window")
+    fused = out = None
+    for window, window_weight in zip(windows, weights):
+        window_inputs = {name: _frames_of(value, axes[name], window) if name in axes else value for name, value in inputs.items()}
+        out = network(_frames_of(x, LATENT_FRAME_AXIS, window), timestep, window_inputs)  # [B', C, L, H, W]
+        if fused is None:
+            fused, _ = _zero_sums(out, num_frames)
+        share = torch.tensor([w / totals[f] for f, w in zip(window, window_weight)], dtype=fused.dtype, device=fused.device)
+        _add_frames(fused, window, out.to(fused.dtype) * share.view(1, 1, -1, 1, 1))
+    return fused.to(out.dtype)
+
+
+def _frames_of(value: Tensor, axis: int, window: Window) -> Tensor:
+    """The frames ``window`` of ``value`` along ``axis``: a view for a run of frames, a gather when it wraps."""
+    if window[-1] - window[0] + 1 == len(window):
+        return value.narrow(axis, window[0], len(window))
+    return value.index_select(axis, torch.tensor(window, device=value.device))
+
+
+def _add_frames(total: Tensor, window: Window, values: Tensor) -> None:
+    """``total[:, :, window] += values`` in place (frames of one window are distinct)."""
+    if window[-1] - window[0] + 1 == len(window):
+        total.narrow(LATENT_FRAME_AXIS, window[0], len(window)).add_(values)
+    else:
+        total.index_add_(LATENT_FRAME_AXIS, torch.tensor(window, device=total.device), values)
+
+
 def _as_window(window: object) -> tuple[int, int]:
     """A ``(start, stop)`` pair of ints with ``0 ≤ start < stop``, or a ValueError naming it."""
     try:
@@ -166,14 +296,18 @@ def _zero_sums(out: Tensor, num_frames: int) -> tuple[Tensor, Tensor]:
     return total, torch.zeros(num_frames, dtype=dtype, device=out.device)
 
 
-def _check_frame_inputs(inputs: Mapping[str, Tensor], axes: Mapping[str, int], num_frames: int) -> None:
-    """Every declared frame-indexed input must be present and hold ``num_frames`` frames on its axis."""
+def _check_frame_inputs(inputs: Mapping[str, Tensor], axes: Mapping[str, int], num_frames: int, who: str = "FrameWindows") -> None:
+    """Every declared frame-indexed input that the call has must hold ``num_frames`` frames on its axis.
+
+    A declared input may be absent from a call (e.g. AnimateDiff's per-frame text states exist only
+    with prompt travel); absent ones are simply not sliced.
+    """
     for name, axis in axes.items():
         if name not in inputs:
-            raise ValueError(f"FrameWindows: frame_axes names input {name!r}, which the network is not given ({sorted(inputs)})")
+            continue
         value = inputs[name]
         if not -value.ndim <= axis < value.ndim or value.shape[axis] != num_frames:
             raise ValueError(
-                f"FrameWindows: input {name!r} {list(value.shape)} must have the latents' {num_frames} frames on its "
+                f"{who}: input {name!r} {list(value.shape)} must have the latents' {num_frames} frames on its "
                 f"declared frame axis {axis}"
             )

@@ -8,9 +8,13 @@ to its input — so a zero-initialised ``proj_out`` makes it an identity, which 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
+from .chunking import Chunking, run_chunked
+from .free_noise import FreeNoiseWindows, windowed_block
 from .frames import frame_sequences_to_video, images_to_video, video_to_frame_sequences, video_to_images
 from .transformer import BasicTransformerBlock
 
@@ -36,7 +40,19 @@ class MotionModule(nn.Module):
         norm_elementwise_affine: whether the blocks' LayerNorms have weights and biases.
         positional_embeddings: ``"sinusoidal"`` (AnimateDiff) or None: no position code and no
             frame limit (diffusers' ``TransformerTemporalModel``, as in I2VGen-XL).
+
+    Two switches, set by a pipeline and off (None) by default; neither touches the weights:
+
+    - ``frame_windows``: a :class:`~vidiff.layers.free_noise.FreeNoiseWindows` makes every block
+      attend within FreeNoise's windows of frames, so a call may have more than ``max_seq_length``
+      frames (each window at most that many);
+    - ``sequence_chunking``: a :class:`~vidiff.layers.chunking.Chunking` along dim 0 runs
+      ``proj_in``, the blocks and ``proj_out`` on slices of that many pixel sequences (FreeNoise's
+      split inference): the same numbers, smaller temporaries.
     """
+
+    frame_windows: FreeNoiseWindows | None = None
+    sequence_chunking: Chunking | None = None
 
     def __init__(
         self,
@@ -90,7 +106,8 @@ class MotionModule(nn.Module):
 
         Args:
             hidden_states: ``[(B·F), C, H, W]``, the frames of one video consecutive.
-            num_frames: ``F``; at most ``max_seq_length``.
+            num_frames: ``F``; at most ``max_seq_length`` (with ``frame_windows``: at least its
+                ``context_length``, and any number above).
             encoder_hidden_states: context ``[(B·H·W), L, cross_attention_dim]`` for a module built
                 with ``cross_attention_dim`` (none of the released ones); ignored otherwise.
 
@@ -101,13 +118,25 @@ class MotionModule(nn.Module):
         height, width = hidden_states.shape[-2:]
         video = images_to_video(hidden_states, num_frames)  # [B, C, F, H, W], a view
         sequences = video_to_frame_sequences(self.norm(video))  # [(B·H·W), F, C]
-        sequences = self.proj_in(sequences)  # [(B·H·W), F, inner]
+        chunking = self.sequence_chunking  # pixel sequences are independent: slices along dim 0
+        context = () if encoder_hidden_states is None else (encoder_hidden_states,)  # [(B·H·W), L, D]
+        sequences = run_chunked(self.proj_in, chunking, sequences)  # [(B·H·W), F, inner]
         for block in self.transformer_blocks:
-            sequences = block(sequences, encoder_hidden_states)
-        update = frame_sequences_to_video(self.proj_out(sequences), height, width)  # [B, C, F, H, W] view
+            run_block = functools.partial(self._block, block)
+            sequences = run_chunked(run_block, chunking, sequences, *context)
+        update = run_chunked(self.proj_out, chunking, sequences)
+        update = frame_sequences_to_video(update, height, width)  # [B, C, F, H, W] view
         # The residual comes first so the sum takes its frame-major memory layout, which makes the
         # conversion back to an image batch a free view.
         return video_to_images(video + update)
+
+    def _block(
+        self, block: BasicTransformerBlock, sequences: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One transformer block on ``[N, F, inner]``: plain, or on FreeNoise's windows of frames."""
+        if self.frame_windows is None:
+            return block(sequences, context)
+        return windowed_block(block, sequences, context, self.frame_windows)
 
     def _check_input(self, hidden_states: torch.Tensor, num_frames: int) -> None:
         if hidden_states.ndim != 4 or hidden_states.shape[1] != self.in_channels:
@@ -116,7 +145,9 @@ class MotionModule(nn.Module):
             )
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-        if self.max_seq_length is not None and num_frames > self.max_seq_length:
+        if self.frame_windows is not None:
+            self._check_windows(num_frames)
+        elif self.max_seq_length is not None and num_frames > self.max_seq_length:
             raise ValueError(
                 f"num_frames={num_frames} exceeds the motion module's max_seq_length={self.max_seq_length}; "
                 "generate at most that many frames per window"
@@ -126,6 +157,16 @@ class MotionModule(nn.Module):
                 f"hidden_states holds {hidden_states.shape[0]} frames, not a whole number of videos of "
                 f"num_frames={num_frames}"
             )
+
+
+    def _check_windows(self, num_frames: int) -> None:
+        length = self.frame_windows.context_length
+        if self.max_seq_length is not None and length > self.max_seq_length:
+            raise ValueError(
+                f"FreeNoise context_length={length} exceeds the motion module's max_seq_length={self.max_seq_length}"
+            )
+        if num_frames < length:
+            raise ValueError(f"num_frames={num_frames} is less than the FreeNoise context_length={length}")
 
 
 def _check_sizes(in_channels: int, num_attention_heads: int, norm_num_groups: int, max_seq_length: int) -> None:

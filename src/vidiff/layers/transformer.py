@@ -70,11 +70,25 @@ class BasicTransformerBlock(nn.Module):
         self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``[N, L, dim]`` with context ``[N, L_ctx, cross_attention_dim]`` → ``[N, L, dim]``."""
+        return self.mlp_half(self.attention_half(hidden_states, encoder_hidden_states))
+
+    def attention_half(
+        self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The two residual attentions (``norm1``/``attn1``, ``norm2``/``attn2``): ``[N, L, dim]`` → same.
+
+        Split from :meth:`mlp_half` because FreeNoise runs this half on windows of the sequence and
+        the MLP on the fused whole (:mod:`vidiff.layers.free_noise`).
+        """
         self_context = encoder_hidden_states if self.only_cross_attention else None
         hidden_states = hidden_states + self.attn1(self._with_positions(self.norm1(hidden_states)), self_context)
         if self.attn2 is not None:
             normed = self._with_positions(self.norm2(hidden_states))
             hidden_states = hidden_states + self.attn2(normed, encoder_hidden_states)
+        return hidden_states
+
+    def mlp_half(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The residual feed-forward (``norm3``/``ff``): ``[N, L, dim]`` → same."""
         return self.ff(self.norm3(hidden_states)).add_(hidden_states)  # in place on the fresh MLP output
 
     def _with_positions(self, normed: torch.Tensor) -> torch.Tensor:

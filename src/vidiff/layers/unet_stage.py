@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .chunking import Chunking, run_chunked
 from .resnet import Downsample2D, Upsample2D
 
 
@@ -57,6 +58,11 @@ def call_with_context_and_frames(module: nn.Module, hidden: torch.Tensor, inputs
     return module(hidden, inputs.context, inputs.num_frames)
 
 
+# Layers called without ``num_frames`` treat every image on its own (resnets, image transformers);
+# only those may run on slices of the image batch (see ``_Stage.image_chunking``).
+PER_IMAGE_CALLS: tuple[LayerCall, ...] = (call_with_temb, call_with_context)
+
+
 @dataclasses.dataclass(frozen=True)
 class ResnetPart:
     """How a family builds (``in_channels, out_channels → module``) and calls its resnets."""
@@ -81,7 +87,15 @@ class ExtraPart:
 
 
 class _Stage(nn.Module):
-    """Resnets and extras, built from the parts and run in order; subclasses wire skips and resampling."""
+    """Resnets and extras, built from the parts and run in order; subclasses wire skips and resampling.
+
+    ``image_chunking`` (None: off; a :class:`~vidiff.layers.chunking.Chunking` along dim 0) runs the
+    per-image layers (:data:`PER_IMAGE_CALLS`) and the resamplers on slices of that many images of
+    the ``[(B·F), C, H, W]`` batch: FreeNoise's split inference (``temporal_split_size``). Layers that
+    mix frames always see the whole batch.
+    """
+
+    image_chunking: Chunking | None = None
 
     def _build_parts(
         self, resnet: ResnetPart, channels: list[tuple[int, int]], extras: Sequence[ExtraPart], num_layers: int
@@ -101,12 +115,36 @@ class _Stage(nn.Module):
         self, calls: tuple[tuple[str, LayerCall], ...], index: int, hidden: torch.Tensor, inputs: StageInputs
     ) -> torch.Tensor:
         for name, call in calls:
-            hidden = call(getattr(self, name)[index], hidden, inputs)
+            hidden = self._call(call, getattr(self, name)[index], hidden, inputs)
         return hidden
 
     def _resnet(self, index: int, hidden: torch.Tensor, inputs: StageInputs) -> torch.Tensor:
-        hidden = self._resnet_call(self.resnets[index], hidden, inputs)
+        hidden = self._call(self._resnet_call, self.resnets[index], hidden, inputs)
         return self._run(self._after_resnet, index, hidden, inputs)
+
+    def _call(self, call: LayerCall, module: nn.Module, hidden: torch.Tensor, inputs: StageInputs) -> torch.Tensor:
+        """``call(module, hidden, inputs)``, on slices of images when ``image_chunking`` allows it."""
+        if self.image_chunking is None or call not in PER_IMAGE_CALLS:
+            return call(module, hidden, inputs)
+        total = hidden.shape[0]
+
+        def on_slice(images: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+            # image_index [n]: which images of the batch this slice holds, to pick their rows of the
+            # per-image (N rows) or per-video (N / F rows) time embedding and context
+            if image_index.shape[0] == total:
+                return call(module, images, inputs)
+            sliced = StageInputs(
+                _rows_of(inputs.temb, image_index, total), _rows_of(inputs.context, image_index, total),
+                inputs.num_frames,
+            )
+            return call(module, images, sliced)
+
+        image_index = torch.arange(total, device=hidden.device)
+        return run_chunked(on_slice, self.image_chunking, hidden, image_index)
+
+    def _resample(self, sampler: nn.Module, hidden: torch.Tensor, *args: object) -> torch.Tensor:
+        """A down/up sampler (per image) on ``hidden`` ``[N, C, H, W]``, sliced like the per-image layers."""
+        return run_chunked(lambda images: sampler(images, *args), self.image_chunking, hidden)
 
 
 class DownStage(_Stage):
@@ -141,7 +179,7 @@ class DownStage(_Stage):
             hidden = self._run(self._per_layer, index, self._resnet(index, hidden, inputs), inputs)
             skips.append(hidden)
         if self.downsamplers is not None:
-            hidden = self.downsamplers[0](hidden)
+            hidden = self._resample(self.downsamplers[0], hidden)
             skips.append(hidden)
         return hidden, skips
 
@@ -202,7 +240,7 @@ class UpStage(_Stage):
             hidden = torch.cat([hidden, skips[-1 - index]], dim=1)
             hidden = self._run(self._per_layer, index, self._resnet(index, hidden, inputs), inputs)
         if self.upsamplers is not None:
-            hidden = self.upsamplers[0](hidden, upsample_size)
+            hidden = self._resample(self.upsamplers[0], hidden, upsample_size)
         return hidden
 
 
@@ -248,6 +286,16 @@ def run_stages(
         upsample_size = tuple(skips[-1].shape[-2:]) if skips else None
         hidden = block(hidden, block_skips, inputs, upsample_size)
     return hidden
+
+
+def _rows_of(tensor: torch.Tensor | None, image_index: torch.Tensor, total: int) -> torch.Tensor | None:
+    """The rows of ``tensor`` (``[total, …]`` per image, or ``[total / k, …]`` shared by k consecutive
+    images) that serve the images ``image_index``; None stays None."""
+    if tensor is None:
+        return None
+    if tensor.shape[0] == total:
+        return tensor.index_select(0, image_index)
+    return tensor.index_select(0, image_index // (total // tensor.shape[0]))
 
 
 def _check_residuals(name: str, residuals: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from typing import ClassVar
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from .. import loading
 from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.frames import images_to_video, video_to_images
+from ..layers.chunking import Chunking
+from ..layers.free_noise import FreeNoiseWindows
+from ..layers.motion import MotionModule
+from ..layers.unet_stage import DownStage, MidStage, UpStage
 from .motion_adapter import MotionAdapter
 from .unet_2d import ConditionalUNet, UNet2DConditionModel
 from .unet_2d_blocks import (
@@ -195,7 +199,8 @@ class UNetMotionModel(ConditionalUNet):
         """Predict the network output (ε or v, as trained) for noisy video latents.
 
         Args:
-            sample: ``[B, in_channels, F, H, W]`` noisy latents, ``F ≤ motion_max_seq_length``.
+            sample: ``[B, in_channels, F, H, W]`` noisy latents, ``F ≤ motion_max_seq_length``
+                unless FreeNoise windows are set on the motion modules.
             timestep: the discrete timestep as a number, a 0-dim tensor or one per video ``[B]``.
             encoder_hidden_states: text-encoder states, either per video ``[B, L, cross_attention_dim]``
                 (repeated over the frames here) or per frame ``[B·F, L, cross_attention_dim]``, frames of
@@ -210,10 +215,10 @@ class UNetMotionModel(ConditionalUNet):
             shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
             raise ValueError(f"sample must be [B, {in_channels}, F, H, W] (vidiff's layout), got {shape}")
         batch, num_frames = sample.shape[0], sample.shape[2]
-        if num_frames > self.config.motion_max_seq_length:
+        if num_frames > self.config.motion_max_seq_length and not self._windows_frames():
             raise ValueError(
                 f"sample has {num_frames} frames; the motion modules take at most "
-                f"motion_max_seq_length={self.config.motion_max_seq_length}"
+                f"motion_max_seq_length={self.config.motion_max_seq_length} (enable FreeNoise for longer videos)"
             )
         self._check_context(encoder_hidden_states, (batch, batch * num_frames))
         dtype = self.conv_in.weight.dtype
@@ -225,6 +230,38 @@ class UNetMotionModel(ConditionalUNet):
         images = video_to_images(sample.to(dtype))  # [(B·F), C, H, W]
         out = self._run_stages(images, emb, context, num_frames)  # [(B·F), C_out, H, W]
         return images_to_video(out, num_frames).contiguous()
+
+    def set_free_noise_windows(
+        self, context_length: int | None, context_stride: int = 4, weights: Sequence[float] = ()
+    ) -> None:
+        """Make every motion module attend within FreeNoise's windows of ``context_length`` frames,
+        ``context_stride`` apart, fused with ``weights`` (one per frame of a window); None: plain again."""
+        windows = None if context_length is None else FreeNoiseWindows(context_length, context_stride, tuple(weights))
+        for module in self.modules():
+            if isinstance(module, MotionModule):
+                module.frame_windows = windows
+
+    def set_split_inference(self, spatial_split_size: int | None, temporal_split_size: int | None) -> None:
+        """FreeNoise's split inference; None turns a split off. The same numbers, smaller temporaries:
+
+        - ``spatial_split_size``: the motion modules' ``proj_in``, blocks and ``proj_out`` run on
+          slices of that many pixel sequences ``[(B·H·W), F, C]``;
+        - ``temporal_split_size``: the resnets, image transformers and down/up samplers of every
+          stage run on slices of that many images ``[(B·F), C, H, W]``.
+        """
+        sequences = None if spatial_split_size is None else Chunking(size=spatial_split_size, dim=0)
+        images = None if temporal_split_size is None else Chunking(size=temporal_split_size, dim=0)
+        for module in self.modules():
+            if isinstance(module, MotionModule):
+                module.sequence_chunking = sequences
+            elif isinstance(module, (DownStage, MidStage, UpStage)):
+                module.image_chunking = images
+
+    def _windows_frames(self) -> bool:
+        """Whether every motion module attends within FreeNoise's windows (each then checks that its
+        windows fit its position table), so a call may exceed ``motion_max_seq_length`` frames."""
+        modules = [m for m in self.modules() if isinstance(m, MotionModule)]
+        return bool(modules) and all(m.frame_windows is not None for m in modules)
 
     @classmethod
     def from_unet2d(

@@ -26,12 +26,13 @@ from ..tokenizer import CLIPTokenizer
 from . import frames as frames_io
 from . import prompt_travel
 from . import prompts as prompt_io
+from .free_noise import AnimateDiffFreeNoiseMixin
 from .text_video import CALLBACK_TENSOR_INPUTS, SCHEDULERS, TextVideoPipeline
 
 logger = logging.getLogger(__name__)
 
 
-class AnimateDiffPipeline(TextVideoPipeline):
+class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
     """Text-to-video with AnimateDiff.
 
     Load a Stable Diffusion 1.5 checkpoint plus a motion adapter::
@@ -166,12 +167,13 @@ class AnimateDiffPipeline(TextVideoPipeline):
 
         plan = self._plan(num_inference_steps, eta, device)
         shape = (batch_size, *self.vae.latent_shape(num_frames, height, width))  # [B, C, f, h, w]
-        latents = self._initial_latents(shape, latents, generator, device, prompt_embeds.dtype) * plan.init_noise_sigma
+        latents = self._prepare_initial_latents(shape, latents, generator, device, prompt_embeds.dtype) * plan.init_noise_sigma
 
         latents = self._denoise(
             latents, plan, cond, uncond, ClassifierFreeGuidance(guidance_scale) if guided else NoGuidance(),
             callback_on_step_end, callback_on_step_end_tensor_inputs,
             noise=seeded_noise(generator, device, latents.dtype),
+            replan=lambda steps: self._plan(steps, eta, device), num_inference_steps=num_inference_steps,
         )
         return self._finish(latents, output_type, return_dict, decode_chunk_size)
 

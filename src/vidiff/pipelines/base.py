@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -354,21 +355,27 @@ class Pipeline(ContextWindowsMixin, FreeInitMixin):
         callback: Callable[..., dict[str, Any]] | None,
         tensor_inputs: Sequence[str],
         noise: NoiseSource | None = None,
+        replan: Callable[[int], SamplingPlan] | None = None,
+        num_inference_steps: int | None = None,
     ) -> torch.Tensor:
         """Run the one denoising loop with this pipeline's network (through :attr:`network_wrapper`,
-        if set), step callback and progress bar."""
-        network = self._network if self.network_wrapper is None else self.network_wrapper(self._network, self.frame_axes)
-        return sample(
-            network,
-            latents,
-            plan,
-            cond,
-            uncond,
-            guidance,
-            noise=noise,
-            on_step=arguments.latents_callback(self, callback, tensor_inputs),
-            progress=lambda steps: self.progress_bar(steps, total=plan.num_steps, desc="denoising"),
-        )
+        if set), step callback and progress bar; with FreeInit on, once per FreeInit iteration.
+
+        ``replan(steps)``: the plan for another step count, and ``num_inference_steps`` the count the
+        call asked for (FreeInit's fast sampling re-plans with fewer); ``noise`` also draws FreeInit's
+        fresh noise.
+        """
+        on_step = arguments.latents_callback(self, callback, tensor_inputs)
+
+        def run(start: torch.Tensor, run_plan: SamplingPlan, desc: str) -> torch.Tensor:
+            # a fresh wrapper per loop run: wrappers may keep per-run state (a window schedule's step)
+            network = self._network if self.network_wrapper is None else self.network_wrapper(self._network, self.frame_axes)
+            progress = functools.partial(self.progress_bar, total=run_plan.num_steps, desc=desc)
+            return sample(network, start, run_plan, cond, uncond, guidance, noise=noise, on_step=on_step, progress=progress)
+
+        if not self.free_init_enabled:
+            return run(latents, plan, "denoising")
+        return self._free_init_sample(run, latents, plan, replan, num_inference_steps, noise)
 
     def _finish(self, latents: torch.Tensor, output_type: str, return_dict: bool, decode_chunk_size: int | None) -> Any:
         """Decode (unless ``output_type="latent"``) and wrap the result as diffusers returns it."""

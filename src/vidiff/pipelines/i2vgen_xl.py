@@ -170,6 +170,7 @@ class I2VGenXLPipeline(TextVideoPipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs,
             # diffusers' I2VGen-XL latents are [B, F, C, h, w]: step noise is drawn frame-major.
             noise=seeded_noise(generator, device, latents.dtype, frames_first=True),
+            replan=lambda steps: self._plan(steps, eta, device), num_inference_steps=num_inference_steps,
         )
         return self._finish(latents, output_type, return_dict, decode_chunk_size)
 

@@ -62,6 +62,7 @@ class RunSize:
     dtype: torch.dtype  # of the weights and activations
     guidance: bool  # classifier-free guidance: the denoiser sees 2·B videos
     decode_chunk_size: int | None = None  # frames per VAE decoder call; None = all B·F at once
+    window_frames: int | None = None  # context windows: frames per denoiser call; None = all F
 
 
 OFFLOADS = (None, "model", "sequential")
@@ -158,12 +159,14 @@ def estimate_memory(
     latent_channels = unet.get("out_channels", 4) + unet.get("in_channels", 4)
     latents = LATENT_COPIES * images * latent_channels * latent_h * latent_w * element
     per_image = _unet_elements_per_image(unet, latent_h, latent_w, levers.forward_chunking)
+    # With context windows the denoiser sees one window of frames at a time (its sums: in the latents).
+    denoised_images = images if size.window_frames is None else images // size.num_frames * min(size.window_frames, size.num_frames)
     sizes = parameters if isinstance(parameters, WeightSizes) else WeightSizes(parameters, parameters, parameters)
     on_device = {None: None, "model": sizes.largest_network, "sequential": sizes.largest_layer}[levers.offload]
     return MemoryEstimate(
         weights=sizes.total * element,
         latents=latents,
-        denoiser_activations=images * per_image * element,
+        denoiser_activations=denoised_images * per_image * element,
         vae_decode=_vae_decode_bytes(vae, size, element, levers.vae_tiling),
         output_frames=_output_bytes(size),
         device_weights=None if on_device is None else on_device * element,

@@ -120,6 +120,7 @@ class StableVideoDiffusionPipeline(Pipeline):
             decode_chunk_size, num_videos_per_prompt, output_type, callback_on_step_end_tensor_inputs,
         )
         _check_conditioning_numbers(fps, motion_bucket_id, noise_aug_strength, sigmas)
+        self._check_context_frames(num_frames)
         # [N, 3, H0, W0] in [0, 1], box-shrunk when huge (it only feeds CLIP's 224² input); the full-size
         # PIL images (when given) are resized straight to the output size for the VAE.
         pixels, pils = frames_io.images_to_tensor(image, max_pixels=frames_io.CLIP_SOURCE_MAX_PIXELS)
@@ -154,6 +155,9 @@ class StableVideoDiffusionPipeline(Pipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs,
             # Stochastic schedulers' step noise, drawn [B, F, C, h, w] as diffusers' SVD latents are laid out.
             noise=seeded_noise(generator, device, latents.dtype, frames_first=True),
+            # FreeInit's fast sampling re-plans with fewer steps (custom `sigmas` keep their own schedule).
+            replan=lambda steps: self.scheduler.plan(steps, sigmas=sigmas, eta=eta or None, device=device, network=NETWORK),
+            num_inference_steps=num_inference_steps,
         )
         return self._finish(latents, output_type, return_dict, decode_chunk_size)
 

@@ -91,6 +91,7 @@ class TextVideoPipeline(Pipeline):
         """Validate the call arguments both pipelines share; errors name the argument."""
         arguments.check_size(height, width, self.vae_scale_factor)
         arguments.check_counts(num_frames=num_frames, num_inference_steps=steps, num_videos_per_prompt=videos)
+        self._check_context_frames(num_frames)  # context windows: context_length ≤ num_frames
         if chunk is not None:
             arguments.check_counts(decode_chunk_size=chunk)
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not 0 <= guidance_scale < float("inf"):
