@@ -1,13 +1,15 @@
 """Long videos' memory: peak CPU RSS of a call at the trained length vs 4× longer with context windows.
 
-    python -m benchmarks.long_video_memory                      # all three pipelines, m15, T = 8 frames
-    python -m benchmarks.long_video_memory --pipelines svd --frames 8 --size 96x128 --steps 2 --plain-long
+    python -m benchmarks.long_video_memory --threads 1 --plain-long   # all three, m15, T = 8 at 192×256, 1 step
+    python -m benchmarks.long_video_memory --pipelines svd --frames 8 --size 96x128 --steps 2
 
 Per pipeline one random m15 checkpoint (``benchmarks/subjects.py``, the CPU benchmark's medium
 networks) is built with diffusers and saved; then each run is its own fresh Python process that
 loads vidiff's pipeline, warms up with one step at the run's size, resets the RSS high-water mark
-(VmHWM) and measures one call (with a fixed glibc mmap threshold, so freed tensors leave the RSS). *Activation memory* = the call's peak RSS − the RSS just before it
-(the weights are already resident in both). Runs:
+(VmHWM) and measures one call (with a fixed glibc mmap threshold, so freed tensors leave the RSS).
+*Activation memory* = the call's peak RSS − the RSS just before it (the weights are already
+resident in both), for the whole call and for the same call with
+``output_type="latent"`` (*denoise*: encoders and denoising, no decode). Runs:
 
 - ``trained``: ``T`` frames (``--frames``), no windows;
 - ``4x windows``: ``4T`` frames, ``enable_context_windows(context_length=T, context_overlap=T // 4)``;
@@ -43,8 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipelines", default="svd,animatediff,i2vgen-xl", help="comma-separated, of " + ", ".join(MODULES))
     parser.add_argument("--frames", type=int, default=8, help="the trained length T (the long run has 4T)")
-    parser.add_argument("--size", default="96x128", help="HEIGHTxWIDTH pixels (multiples of 8)")
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--size", default="192x256", help="HEIGHTxWIDTH pixels (multiples of 8)")
+    parser.add_argument("--steps", type=int, default=1, help="denoising steps (memory does not depend on them)")
     parser.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode (default T // 2)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads in each run")
     parser.add_argument("--plain-long", action="store_true", help="also run 4T frames without windows")
@@ -78,15 +80,24 @@ def child(args) -> dict:
                             decode_chunk_size=args.decode_chunk_size, seed=0, device="cpu")
     harness.call(subject, pipe, ns, "np")  # warm-up: lazy allocations at this size
     ns.steps = args.steps
+    denoise = _measured_call(subject, pipe, ns, "latent")  # encode + denoise only
+    full = _measured_call(subject, pipe, ns, "np")  # … + decode in chunks
+    return dict(frames_out=int(full.pop("frames").shape[1]), before_mib=full["before_mib"], peak_mib=full["peak_mib"],
+                activation_mib=full["activation_mib"], call_s=full["call_s"],
+                denoise_activation_mib=denoise["activation_mib"], max_frames_per_unet_call=max(frames_seen),
+                threads=torch.get_num_threads())
+
+
+def _measured_call(subject, pipe, ns, output_type: str) -> dict:
+    """One call's RSS window: RSS before, its peak (VmHWM reset at the start), and the difference."""
     peaks = probes.Peaks(cuda=False)
     before = peaks.start()
     peaks.best = 0.0
     start = time.perf_counter()
-    _, frames, _ = harness.call(subject, pipe, ns, "np")
+    _, frames, _ = harness.call(subject, pipe, ns, output_type)
     seconds = time.perf_counter() - start
     peak = peaks.stop()
-    return dict(frames_out=int(frames.shape[1]), before_mib=before, peak_mib=peak, activation_mib=peak - before,
-                call_s=seconds, max_frames_per_unet_call=max(frames_seen), threads=torch.get_num_threads())
+    return dict(frames=frames, before_mib=before, peak_mib=peak, activation_mib=peak - before, call_s=seconds)
 
 
 def run_child(args, pipeline: str, folder: Path, frames: int, context_length: int | None) -> dict:
@@ -117,21 +128,27 @@ def measure(args, pipeline: str, tmp: Path) -> dict:
             "4x windows": run_child(args, pipeline, folder, 4 * args.frames, args.frames)}
     if args.plain_long:
         runs["4x plain"] = run_child(args, pipeline, folder, 4 * args.frames, None)
-    trained = runs["trained"]["activation_mib"]
-    ratio = runs["4x windows"]["activation_mib"] / trained if trained > 0 else None  # None: below RSS resolution
-    return dict(runs=runs, ratio=ratio, within_bound=ratio is not None and ratio <= BOUND)
+    ratios = {}
+    for key in ("activation_mib", "denoise_activation_mib"):
+        trained = runs["trained"][key]
+        ratios[key] = runs["4x windows"][key] / trained if trained > 0 else None  # None: below RSS resolution
+    ratio = ratios["activation_mib"]
+    return dict(runs=runs, ratio=ratio, denoise_ratio=ratios["denoise_activation_mib"],
+                within_bound=ratio is not None and ratio <= BOUND)
 
 
 def report(results: dict, args) -> None:
-    print(f"\nT = {args.frames} frames at {args.height}×{args.width}, {args.steps} steps, decode chunks of "
-          f"{args.decode_chunk_size}; activation = peak RSS − RSS before the call (MiB)")
-    print(f"{'pipeline':<12} {'run':<11} {'frames':>6} {'max F/UNet call':>15} {'activation':>10} {'peak':>8} {'call s':>7}")
+    print(f"\nT = {args.frames} frames at {args.height}×{args.width}, {args.steps} step(s), decode chunks of "
+          f"{args.decode_chunk_size}; activation = peak RSS − RSS before the call (MiB); "
+          "denoise = the same for output_type='latent' (no decode)")
+    print(f"{'pipeline':<12} {'run':<11} {'frames':>6} {'max F/call':>10} {'activation':>10} {'denoise':>8} {'peak':>7} {'call s':>7}")
     for pipeline, result in results.items():
         for name, run in result["runs"].items():
-            print(f"{pipeline:<12} {name:<11} {run['frames_out']:>6} {run['max_frames_per_unet_call']:>15} "
-                  f"{run['activation_mib']:>10.0f} {run['peak_mib']:>8.0f} {run['call_s']:>7.1f}")
-        ratio = "n/a (no measurable activation at T)" if result["ratio"] is None else f"{result['ratio']:.2f}"
-        print(f"{pipeline:<12} 4x windows / trained = {ratio} (bound {BOUND}: {'met' if result['within_bound'] else 'NOT met'})")
+            print(f"{pipeline:<12} {name:<11} {run['frames_out']:>6} {run['max_frames_per_unet_call']:>10} "
+                  f"{run['activation_mib']:>10.0f} {run['denoise_activation_mib']:>8.0f} {run['peak_mib']:>7.0f} {run['call_s']:>7.1f}")
+        ratios = [("n/a" if r is None else f"{r:.2f}") for r in (result["ratio"], result["denoise_ratio"])]
+        print(f"{pipeline:<12} 4x windows / trained: activation {ratios[0]}, denoise {ratios[1]} "
+              f"(bound {BOUND}: {'met' if result['within_bound'] else 'NOT met'})")
 
 
 def main(argv=None) -> None:

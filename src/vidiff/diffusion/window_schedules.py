@@ -62,13 +62,9 @@ def context_windows(
     offset = round(num_frames * van_der_corput(step)) % num_frames if schedule == "uniform" else 0
     # Open windows stop once the grid reaches the end (the last one may cross it and is moved back);
     # closed-loop windows go once round the whole circle of frames.
+    # ("static" is the grid at offset 0: its one crossing window moves back to F − L.)
     end = offset + num_frames - (0 if closed_loop else overlap)
-    if schedule == "static" and not closed_loop:
-        end = num_frames - length + 1  # starts 0, stride, … before F − L; F − L itself follows
-    starts = list(range(offset, end, stride))
-    windows = [_circular(start, length, num_frames) for start in starts]
-    if schedule == "static" and not closed_loop:
-        windows.append(tuple(range(num_frames - length, num_frames)))
+    windows = [_circular(start, length, num_frames) for start in range(offset, end, stride)]
     if not closed_loop:
         windows = _unwrapped(windows, length, num_frames)
     return sorted(dict.fromkeys(windows), key=lambda window: window[0])
