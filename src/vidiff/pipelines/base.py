@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
-import secrets
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -24,7 +21,7 @@ from ..diffusion.windows import NetworkWrapper
 from ..models.vae_tiling import DEFAULT_OVERLAP
 from . import arguments
 from . import frames as frames_io
-from . import offload
+from . import offload, saving
 from .context_windows import ContextWindowsMixin
 from .free_init import FreeInitMixin
 
@@ -175,20 +172,7 @@ class Pipeline(ContextWindowsMixin, FreeInitMixin):
         one keeps its contents. Saving into an existing folder replaces the component subfolders and
         ``model_index.json`` and keeps any other file there.
         """
-        target = Path(os.path.abspath(directory))
-        if target.exists() and not target.is_dir():
-            raise NotADirectoryError(f"save_pretrained: {str(directory)!r} is a file; pass a folder (new or existing)")
-        made = _make_folders(target.parent)
-        staging = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-        try:
-            self._write_checkpoint(staging, variant)
-            _move_into_place(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            for folder in reversed(made):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only if still empty
-            raise
+        saving.write_atomically(directory, lambda staging: self._write_checkpoint(staging, variant), "save_pretrained")
 
     def _write_checkpoint(self, directory: Path, variant: str | None) -> None:
         directory.mkdir()
@@ -396,27 +380,3 @@ class Pipeline(ContextWindowsMixin, FreeInitMixin):
         config = {**kwargs, **self._progress_bar_config}
         return tqdm(iterable, total=total, **config)
 
-
-def _make_folders(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; return the ones made, outermost first."""
-    missing = [f for f in (folder, *folder.parents) if not f.exists()][::-1]
-    folder.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename a complete checkpoint folder onto ``target``; into an existing folder, entry by entry
-    (each component subfolder swapped whole, model_index.json last)."""
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    for entry in sorted(staging.iterdir(), key=lambda p: p.name == "model_index.json"):
-        destination = target / entry.name
-        if destination.is_dir() and not destination.is_symlink():
-            old = target / f".{entry.name}.old-{secrets.token_hex(4)}"
-            os.rename(destination, old)
-            os.rename(entry, destination)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(entry, destination)
-    staging.rmdir()
