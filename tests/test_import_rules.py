@@ -21,7 +21,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vidiff"
 # `from .. import __version__` reads the version string of the package root.
 VERSION = "__version__"
 # Leaf modules: single files that know no package of ours (each has its own rule below).
-LEAVES = {"config", "loading", "strict_loading", "weight_files", "media", "image_loading", "image_processing", "tokenizer"}
+LEAVES = {
+    "config", "loading", "strict_loading", "weight_files", "media", "image_loading", "video_loading",
+    "image_processing", "tokenizer", "control_frames",
+}
 CORE = {"layers", "models", "diffusion", "schedulers", "pipelines"}
 # The one module allowed to import transformers (its tokenizers); no module may import diffusers.
 TRANSFORMERS_IMPORTER = PACKAGE / "tokenizer.py"
@@ -33,7 +36,9 @@ RULES: dict[str, set[str]] = {
     "weight_files": set(),
     "image_loading": set(),
     "loading": {"config", "strict_loading", "weight_files"},
-    "media": {"image_loading"},
+    "video_loading": {"image_loading"},
+    "media": {"image_loading", "video_loading"},
+    "control_frames": {"media"},
     "image_processing": {"config", "image_loading", "loading"},
     "tokenizer": {"loading"},
     # the core, bottom up

@@ -17,8 +17,11 @@ from .schedulers import (
     PNDMScheduler,
 )
 from .image_processing import CLIPImageProcessor
+from .control_frames import canny_frames
 from .media import export_to_gif, export_to_video, load_image, load_video
 from .models.clip import CLIPTextModel, CLIPVisionModelWithProjection
+from .models.controlnet import ControlNetModel, MultiControlNetModel
+from .models.controlnet_sparsectrl import SparseControlNetModel
 from .models.motion_adapter import MotionAdapter
 from .models.unet_i2vgen_xl import I2VGenXLUNet
 from .models.unet_2d import UNet2DConditionModel
@@ -40,6 +43,7 @@ __all__ = [
     "CLIPTextModel",
     "CLIPTokenizer",
     "CLIPVisionModelWithProjection",
+    "ControlNetModel",
     "DDIMScheduler",
     "DPMSolverMultistepScheduler",
     "EulerAncestralDiscreteScheduler",
@@ -48,12 +52,15 @@ __all__ = [
     "I2VGenXLUNet",
     "LCMScheduler",
     "MotionAdapter",
+    "MultiControlNetModel",
     "PNDMScheduler",
+    "SparseControlNetModel",
     "StableVideoDiffusionPipeline",
     "UNet2DConditionModel",
     "UNetMotionModel",
     "UNetSpatioTemporalConditionModel",
     "VideoPipelineOutput",
+    "canny_frames",
     "export_to_gif",
     "export_to_video",
     "load_image",

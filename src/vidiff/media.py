@@ -1,4 +1,5 @@
-"""Media IO: videos in; mp4, gif and png out (images are read by image_loading, re-exported here).
+"""Media IO: mp4, gif and png out; images and videos in (read by image_loading and video_loading,
+re-exported here).
 
 All exporters accept the same video forms and turn them into ``uint8`` ``[H, W, 3]`` RGB arrays
 with :func:`frames_as_uint8`. Files are written atomically: the encoder writes a hidden temporary
@@ -27,6 +28,9 @@ import torch
 # Images are read by image_loading (deadlines, caps, 16-bit scaling); re-exported here.
 from .image_loading import MAX_IMAGE_PIXELS, check_unit_range, image_as_rgb, load_image  # noqa: F401
 
+# Videos are read by video_loading (files, gifs, frame folders, URLs; sampling, caps); re-exported here.
+from .video_loading import load_video  # noqa: F401
+
 PathLike = str | os.PathLike
 # A video: a sequence of frames (PIL images, [H, W, 3] arrays or tensors), an array or tensor
 # [F, H, W, 3], or a batch holding exactly one such video ([1, F, H, W, 3], [frames]).
@@ -36,22 +40,6 @@ _VIDEO_FORMS = (
     "a list of PIL images or [H, W, 3] arrays/tensors, an array or tensor [F, H, W, 3] "
     "(uint8 in [0, 255] or float in [0, 1]), or a batch holding one such video"
 )
-
-
-# ---------------------------------------------------------------------------------------- reading
-
-def load_video(path: PathLike) -> list[PIL.Image.Image]:
-    """Decode every frame of the first video stream of a file (mp4, gif, …) as RGB PIL images."""
-    location = _path_text(path, "path")
-    if not os.path.isfile(location):
-        raise FileNotFoundError(f"load_video: no video file at {location!r}")
-    try:
-        with av.open(location) as container:
-            if not container.streams.video:
-                raise ValueError(f"load_video: {location!r} holds no video stream")
-            return [frame.to_image() for frame in container.decode(video=0)]
-    except av.error.FFmpegError as error:
-        raise ValueError(f"load_video: {location!r} is not a readable video ({error})") from error
 
 
 # ------------------------------------------------------------------------- frames to uint8 arrays

@@ -262,7 +262,8 @@ def run_stages(
     resnets, deepest first. ``down_residuals`` (one per skip, same shapes) are added to the skips
     and ``mid_residual`` to the mid stage's output before the up stages run, as diffusers'
     ``down_block_additional_residuals`` / ``mid_block_additional_residual`` (ControlNet's outputs),
-    in the skips' dtype. Wrong counts or shapes raise a ValueError listing the expected shapes.
+    in the skips' dtype; a residual may also be ``[N, C, 1, 1]``, added at every position. Wrong
+    counts or shapes raise a ValueError listing the expected shapes.
     """
     inputs = StageInputs(temb, context, num_frames)
     skips = [hidden]
@@ -301,6 +302,8 @@ def _rows_of(tensor: torch.Tensor | None, image_index: torch.Tensor, total: int)
 def _check_residuals(name: str, residuals: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:
     expected = [tuple(t.shape) for t in targets]
     got = [tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__ for r in residuals]
-    if got != expected:
+    # [N, C, 1, 1]: one value per channel, broadcast over the skip (ControlNets with global_pool_conditions)
+    pooled = [e[:2] + (1, 1) if len(e) == 4 else e for e in expected]
+    if len(got) != len(expected) or any(g not in (e, p) for g, e, p in zip(got, expected, pooled)):
         what = f"{len(expected)} tensors shaped {expected}" if len(expected) > 1 else f"shape {expected[0]}"
         raise ValueError(f"{name} must have {what} (the UNet's), got {got if len(got) != 1 else got[0]}")

@@ -206,6 +206,37 @@ class UNet2DConditionConfig(Config):
         )
 
 
+def build_down_stages(layout: UNetLayout, resnet: ResnetOptions) -> nn.ModuleList:
+    """The down stages of ``layout`` (every one but the last halves H and W): the UNet's encoder half,
+    shared with ControlNets, which copy it."""
+    channels = layout.block_out_channels
+    return nn.ModuleList(
+        DownStage(
+            channels[max(i - 1, 0)],
+            channels[i],
+            stage.num_layers,
+            ResnetPart(resnet.build),
+            stage.extras(layout.norm_num_groups),
+            add_downsample=i < len(channels) - 1,
+            downsample_padding=layout.downsample_padding,
+        )
+        for i, stage in enumerate(layout.down)
+    )
+
+
+def build_mid_stage(layout: UNetLayout, resnet: ResnetOptions) -> MidStage | None:
+    """The mid stage of ``layout`` at the deepest width (None when the layout has none)."""
+    if layout.mid is None:
+        return None
+    mid_resnet = dataclasses.replace(resnet, output_scale_factor=layout.mid_block_scale_factor)
+    return MidStage(
+        layout.block_out_channels[-1],
+        ResnetPart(mid_resnet.build),
+        layout.mid.extras(layout.norm_num_groups),
+        num_layers=layout.mid.num_layers,
+    )
+
+
 class ConditionalUNet(PretrainedModel):
     """The SD UNet skeleton on image batches ``[N, C, H, W]``; subclasses supply the config and the public forward.
 
@@ -223,25 +254,8 @@ class ConditionalUNet(PretrainedModel):
         )
         self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, cond_proj_dim=layout.time_cond_proj_dim)
         resnet = ResnetOptions(time_embed_dim, layout.norm_num_groups, layout.norm_eps)
-        groups = layout.norm_num_groups
-        self.down_blocks = nn.ModuleList(
-            DownStage(
-                channels[max(i - 1, 0)],
-                channels[i],
-                stage.num_layers,
-                ResnetPart(resnet.build),
-                stage.extras(groups),
-                add_downsample=i < len(channels) - 1,
-                downsample_padding=layout.downsample_padding,
-            )
-            for i, stage in enumerate(layout.down)
-        )
-        self.mid_block = None
-        if layout.mid is not None:
-            mid_resnet = dataclasses.replace(resnet, output_scale_factor=layout.mid_block_scale_factor)
-            self.mid_block = MidStage(
-                channels[-1], ResnetPart(mid_resnet.build), layout.mid.extras(groups), num_layers=layout.mid.num_layers
-            )
+        self.down_blocks = build_down_stages(layout, resnet)
+        self.mid_block = build_mid_stage(layout, resnet)
         self.up_blocks = self._build_up_blocks(layout, resnet)
         self.conv_norm_out = nn.GroupNorm(layout.norm_num_groups, channels[0], eps=layout.norm_eps)
         self.conv_out = nn.Conv2d(

@@ -195,6 +195,8 @@ class UNetMotionModel(ConditionalUNet):
         timestep: torch.Tensor | float | int,
         encoder_hidden_states: torch.Tensor,
         timestep_cond: torch.Tensor | None = None,
+        down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the network output (ε or v, as trained) for noisy video latents.
 
@@ -206,6 +208,10 @@ class UNetMotionModel(ConditionalUNet):
                 (repeated over the frames here) or per frame ``[B·F, L, cross_attention_dim]``, frames of
                 a video consecutive (what diffusers' ``AnimateDiffPipeline`` passes).
             timestep_cond: ``[B, time_cond_proj_dim]`` extra time condition (LCM-distilled UNets only).
+            down_block_additional_residuals: ControlNet / SparseCtrl residuals on the frames as images,
+                one per skip, each ``[(B·F), C, h, w]`` like that skip (frames of a video consecutive),
+                as diffusers' ``UNetMotionModel`` takes them; added to the skips.
+            mid_block_additional_residual: ``[(B·F), C, h, w]``, added to the mid stage's output.
 
         Returns:
             ``[B, out_channels, F, H, W]`` in the parameters' dtype.
@@ -228,7 +234,10 @@ class UNetMotionModel(ConditionalUNet):
         # with the video's frames and projects its keys/values once, not once per frame.
         context = encoder_hidden_states.to(dtype)
         images = video_to_images(sample.to(dtype))  # [(B·F), C, H, W]
-        out = self._run_stages(images, emb, context, num_frames)  # [(B·F), C_out, H, W]
+        out = self._run_stages(  # [(B·F), C_out, H, W]
+            images, emb, context, num_frames,
+            down_residuals=down_block_additional_residuals, mid_residual=mid_block_additional_residual,
+        )
         return images_to_video(out, num_frames).contiguous()
 
     def set_free_noise_windows(
