@@ -213,7 +213,10 @@ class ControlNetModel(PretrainedModel):
         if self.mid_block is not None:
             hidden = self.mid_block(hidden, inputs)
         down = [conv(skip) for conv, skip in zip(self.controlnet_down_blocks, skips)]
-        return self._scale(down, self.controlnet_mid_block(hidden), conditioning_scale, guess_mode)
+        down, mid = scale_residuals(
+            down, self.controlnet_mid_block(hidden), conditioning_scale, guess_mode, self.config.global_pool_conditions
+        )
+        return ControlNetOutput(down, mid)
 
     def _time_embedding(self, timestep: torch.Tensor | float | int, sample: torch.Tensor) -> torch.Tensor:
         """``[N, 4·C0]`` embeddings of the timestep(s), in the parameters' dtype."""
@@ -223,24 +226,6 @@ class ControlNetModel(PretrainedModel):
             flip_sin_to_cos=self.config.flip_sin_to_cos, downscale_freq_shift=self.config.freq_shift,
         )
         return self.time_embedding(features.to(self.conv_in.weight.dtype))
-
-    def _scale(
-        self, down: list[torch.Tensor], mid: torch.Tensor, conditioning_scale: float, guess_mode: bool
-    ) -> ControlNetOutput:
-        """``conditioning_scale`` (or guess mode's ramp), then the optional global pooling."""
-        if guess_mode and not self.config.global_pool_conditions:
-            # 10^-1 … 10^0 over the skips then the mid residual: deeper features count more, since
-            # without a prompt's guidance the shallow ones would dominate (ControlNet's "guess mode")
-            ramp = torch.logspace(-1, 0, len(down) + 1, device=mid.device) * conditioning_scale
-            down = [residual * factor for residual, factor in zip(down, ramp)]
-            mid = mid * ramp[-1]
-        else:
-            down = [residual * conditioning_scale for residual in down]
-            mid = mid * conditioning_scale
-        if self.config.global_pool_conditions:  # [N, C, 1, 1]: one value per channel
-            down = [residual.mean(dim=(2, 3), keepdim=True) for residual in down]
-            mid = mid.mean(dim=(2, 3), keepdim=True)
-        return ControlNetOutput(down, mid)
 
     def _check_inputs(
         self, sample: torch.Tensor, encoder_hidden_states: torch.Tensor, controlnet_cond: torch.Tensor
@@ -326,3 +311,23 @@ class MultiControlNetModel(nn.Module):
 def _numbered(directory: Path, index: int) -> Path:
     """``directory`` for the first ControlNet, ``directory_<index>`` for the others."""
     return directory if index == 0 else directory.with_name(f"{directory.name}_{index}")
+
+
+def scale_residuals(
+    down: list[torch.Tensor], mid: torch.Tensor, conditioning_scale: float, guess_mode: bool, global_pool: bool
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A ControlNet's residuals × ``conditioning_scale`` (or guess mode's ramp), then the optional
+    global pooling to ``[N, C, 1, 1]`` (one value per channel, broadcast over the skip)."""
+    if guess_mode and not global_pool:
+        # 10^-1 … 10^0 over the skips then the mid residual: deeper features count more, since
+        # without a prompt's guidance the shallow ones would dominate (ControlNet's "guess mode")
+        ramp = torch.logspace(-1, 0, len(down) + 1, device=mid.device) * conditioning_scale
+        down = [residual * factor for residual, factor in zip(down, ramp)]
+        mid = mid * ramp[-1]
+    else:
+        down = [residual * conditioning_scale for residual in down]
+        mid = mid * conditioning_scale
+    if global_pool:
+        down = [residual.mean(dim=(2, 3), keepdim=True) for residual in down]
+        mid = mid.mean(dim=(2, 3), keepdim=True)
+    return down, mid

@@ -25,6 +25,7 @@ from ..layers.embeddings import TimestepEmbedding, batch_timesteps, sinusoidal_e
 from ..layers.frames import video_to_images
 from ..layers.unet_stage import StageInputs
 from .base import PretrainedModel
+from .controlnet import scale_residuals
 from .controlnet_sparsectrl_config import SparseControlNetConfig
 from .unet_2d import UNet2DConditionModel, build_down_stages, build_mid_stage
 from .unet_2d_blocks import ResnetOptions
@@ -146,7 +147,10 @@ class SparseControlNetModel(PretrainedModel):
             skips.extend(block_skips)
         hidden = self.mid_block(hidden, inputs)
         down = [conv(skip) for conv, skip in zip(self.controlnet_down_blocks, skips)]
-        return self._scaled(down, self.controlnet_mid_block(hidden), conditioning_scale, guess_mode)
+        down, mid = scale_residuals(
+            down, self.controlnet_mid_block(hidden), conditioning_scale, guess_mode, self.config.global_pool_conditions
+        )
+        return SparseControlNetOutput(tuple(down), mid)
 
     @classmethod
     def from_unet(
@@ -261,20 +265,3 @@ class SparseControlNetModel(PretrainedModel):
                 f"encoder_hidden_states must be [{batch} or {batch * num_frames}, L, D] (per video or per frame), "
                 f"got {shape or type(encoder_hidden_states).__name__}"
             )
-
-    def _scaled(
-        self, down: list[torch.Tensor], mid: torch.Tensor, conditioning_scale: float, guess_mode: bool
-    ) -> SparseControlNetOutput:
-        if guess_mode and not self.config.global_pool_conditions:
-            # 0.1 … 1 over the skips and the mid stage, deeper residuals weigh more
-            scales = torch.logspace(-1, 0, len(down) + 1, device=mid.device) * conditioning_scale
-            down = [residual * scale for residual, scale in zip(down, scales)]
-            mid = mid * scales[-1]
-        else:
-            down = [residual * conditioning_scale for residual in down]
-            mid = mid * conditioning_scale
-        if self.config.global_pool_conditions:
-            # [(B·F), C, 1, 1]: one value per channel and frame, broadcast over the skip
-            down = [residual.mean(dim=(2, 3), keepdim=True) for residual in down]
-            mid = mid.mean(dim=(2, 3), keepdim=True)
-        return SparseControlNetOutput(tuple(down), mid)
