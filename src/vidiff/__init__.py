@@ -3,6 +3,7 @@
 Public API::
 
     from vidiff import StableVideoDiffusionPipeline, I2VGenXLPipeline, AnimateDiffPipeline, MotionAdapter, DDIMScheduler
+    from vidiff import AnimateDiffVideoToVideoPipeline, AnimateDiffControlNetPipeline, ControlNetModel
     from vidiff import load_image, export_to_video, export_to_gif
 """
 
@@ -30,13 +31,20 @@ from .models.unet_svd import UNetSpatioTemporalConditionModel
 from .models.vae_kl import AutoencoderKL
 from .models.vae_temporal import AutoencoderKLTemporalDecoder
 from .pipelines.animatediff import AnimateDiffPipeline
+from .pipelines.animatediff_controlnet import AnimateDiffControlNetPipeline, AnimateDiffVideoToVideoControlNetPipeline
+from .pipelines.animatediff_sparsectrl import AnimateDiffSparseControlNetPipeline
+from .pipelines.animatediff_video2video import AnimateDiffVideoToVideoPipeline
 from .pipelines.frames import VideoPipelineOutput
 from .pipelines.i2vgen_xl import I2VGenXLPipeline
 from .pipelines.svd import StableVideoDiffusionPipeline
 from .tokenizer import CLIPTokenizer
 
 __all__ = [
+    "AnimateDiffControlNetPipeline",
     "AnimateDiffPipeline",
+    "AnimateDiffSparseControlNetPipeline",
+    "AnimateDiffVideoToVideoControlNetPipeline",
+    "AnimateDiffVideoToVideoPipeline",
     "AutoencoderKL",
     "AutoencoderKLTemporalDecoder",
     "CLIPImageProcessor",

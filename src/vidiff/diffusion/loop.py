@@ -48,6 +48,7 @@ def sample(
     noise: NoiseSource | None = None,
     on_step: OnStep | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    before_step: Callable[[int], None] | None = None,
 ) -> Tensor:
     """Denoise ``latents`` [B, C, F, H, W] (already × ``plan.init_noise_sigma``) along ``plan``.
 
@@ -59,6 +60,8 @@ def sample(
         noise: fresh unit noise of a given shape, for stochastic steppers (the caller owns the RNG).
         on_step: called after every step; a returned tensor replaces the latents.
         progress: wraps the step iterator (e.g. a tqdm bar).
+        before_step: called with the step index before the step's network call(s), for networks
+            whose inputs depend on the step's place in the plan (ControlNet guidance windows).
 
     Returns:
         The final latents, in the network output's dtype.
@@ -72,6 +75,8 @@ def sample(
         steps = progress(steps)
     x = latents
     for index in steps:
+        if before_step is not None:
+            before_step(index)
         timestep, sigma = plan.timesteps[index], plan.sigmas[index]
         output = _guided_output(network, x, sigma, timestep, inputs, plan.parameterization, guidance)
         context = StepContext(

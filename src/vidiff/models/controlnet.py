@@ -296,6 +296,20 @@ class MultiControlNetModel(nn.Module):
             net.save_pretrained(_numbered(Path(directory), index), variant=variant)
 
     @classmethod
+    def from_checkpoint(cls, checkpoint: Any, subfolder: str, **kwargs: Any) -> MultiControlNetModel:
+        """The ControlNets a saved pipeline holds in ``subfolder``, ``subfolder_1`` … (used by pipelines);
+        ``kwargs`` (dtype, variant, device) go to each :meth:`ControlNetModel.from_checkpoint`."""
+        def folder(index: int) -> str:  # diffusers' names: controlnet, controlnet_1, controlnet_2 …
+            return subfolder if index == 0 else f"{subfolder}_{index}"
+
+        nets: list[ControlNetModel] = []
+        while checkpoint.has_file(f"{folder(len(nets))}/config.json"):
+            nets.append(ControlNetModel.from_checkpoint(checkpoint, folder(len(nets)), **kwargs))
+        if not nets:
+            raise FileNotFoundError(f"{checkpoint.name} has no ControlNet in {subfolder}/ (config.json missing)")
+        return cls(nets)
+
+    @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> MultiControlNetModel:
         """The ControlNets in the local folders ``directory``, ``directory_1``, ``directory_2`` … up to the
         first missing one; ``kwargs`` go to each :meth:`ControlNetModel.from_pretrained`."""

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..diffusion.guidance import ClassifierFreeGuidance, NoGuidance
+from ..diffusion.loop import SamplingPlan
 from ..diffusion.noise import GeneratorInput, check_generator, seeded_noise
 from ..models.clip_text import CLIPTextModel
 from ..models.motion_adapter import MotionAdapter
@@ -30,6 +31,8 @@ from .free_noise import AnimateDiffFreeNoiseMixin
 from .text_video import CALLBACK_TENSOR_INPUTS, SCHEDULERS, TextVideoPipeline
 
 logger = logging.getLogger(__name__)
+# (cond, uncond, plan, num_frames, height, width) -> None: adds a pipeline's own per-video inputs
+AddInputs = Callable[[dict, "dict | None", SamplingPlan, int, int, int], None]
 
 
 class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
@@ -142,30 +145,50 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
                 ``"latents"`` replaces the latents. ``callback_on_step_end_tensor_inputs``: ["latents"].
             decode_chunk_size: frames per VAE decoder call (16); lower it to save memory.
         """
-        height = self.unet.config.sample_size * self.vae_scale_factor if height is None else height
-        width = self.unet.config.sample_size * self.vae_scale_factor if width is None else width
+        return self._generate(
+            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
+            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
+        )
+
+    def _default_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """``height`` / ``width``, each defaulting to the UNet's ``sample_size`` × the VAE's scale (512 for SD 1.5)."""
+        default = self.unet.config.sample_size * self.vae_scale_factor
+        return (default if height is None else height), (default if width is None else width)
+
+    def _generate(
+        self, *, prompt, num_frames, height, width, num_inference_steps, guidance_scale, negative_prompt,
+        num_videos_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
+        return_dict, clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, decode_chunk_size,
+        add_inputs: AddInputs | None = None,
+    ) -> frames_io.VideoPipelineOutput | Any:
+        """Text-to-video: the body of ``__call__`` (arguments as documented there).
+
+        ``add_inputs(cond, uncond, plan, num_frames, height, width)`` lets a pipeline put its own
+        per-video conditioning (control frames) into the loop's inputs; it runs after the plan is
+        made and before the initial latents are drawn (the order diffusers draws in).
+        """
+        height, width = self._default_size(height, width)
         self._check_arguments(
             height, width, num_frames, num_inference_steps, guidance_scale, eta, num_videos_per_prompt,
             decode_chunk_size, output_type, callback_on_step_end_tensor_inputs,
         )
         guided = guidance_scale > 1
         device = self.device
-        if prompt_travel.is_schedule(prompt) or prompt_travel.is_schedule(negative_prompt):
-            cond, uncond = self._frame_text_inputs(
-                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device, num_frames
-            )
-        else:
-            cond, uncond = self._video_text_inputs(
-                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device
-            )
-        cond = {name: value.repeat_interleave(num_videos_per_prompt, dim=0) for name, value in cond.items()}
-        if uncond is not None:
-            uncond = {name: value.repeat_interleave(num_videos_per_prompt, dim=0) for name, value in uncond.items()}
+        cond, uncond = self._text_inputs(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device, num_frames,
+            num_videos_per_prompt,
+        )
         prompt_embeds = next(iter(cond.values()))  # [B, 77, D] or, per frame, [B, F, 77, D]
         batch_size = prompt_embeds.shape[0]
         check_generator(generator, batch_size)
 
         plan = self._plan(num_inference_steps, eta, device)
+        if add_inputs is not None:
+            add_inputs(cond, uncond, plan, num_frames, height, width)
         shape = (batch_size, *self.vae.latent_shape(num_frames, height, width))  # [B, C, f, h, w]
         latents = self._prepare_initial_latents(shape, latents, generator, device, prompt_embeds.dtype) * plan.init_noise_sigma
 
@@ -178,6 +201,26 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
         return self._finish(latents, output_type, return_dict, decode_chunk_size)
 
     # ------------------------------------------------------------------ steps of __call__
+    def _text_inputs(
+        self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device, num_frames,
+        num_videos_per_prompt,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """The loop's text inputs for ``B`` = prompts × ``num_videos_per_prompt`` videos: per video
+        ``{"encoder_hidden_states": [B, 77, D]}``, or with a prompt schedule ``{"frame_context": [B, F, 77, D]}``;
+        the unconditional ones (same keys) with guidance, else None."""
+        if prompt_travel.is_schedule(prompt) or prompt_travel.is_schedule(negative_prompt):
+            cond, uncond = self._frame_text_inputs(
+                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device, num_frames
+            )
+        else:
+            cond, uncond = self._video_text_inputs(
+                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device
+            )
+        cond = {name: value.repeat_interleave(num_videos_per_prompt, dim=0) for name, value in cond.items()}
+        if uncond is not None:
+            uncond = {name: value.repeat_interleave(num_videos_per_prompt, dim=0) for name, value in uncond.items()}
+        return cond, uncond
+
     def _video_text_inputs(
         self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
@@ -238,5 +281,15 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
         # x: [B', 4, F, h, w]. Text states per video [B', 77, D] (the UNet gives them to every frame), or
         # with prompt travel per frame [B', F, 77, D] → [(B'·F), 77, D], frames of a video consecutive.
         if "frame_context" in cond:
-            return self.unet(x, timestep, cond["frame_context"].flatten(0, 1))
-        return self.unet(x, timestep, cond["encoder_hidden_states"])
+            context = cond["frame_context"].flatten(0, 1)
+        else:
+            context = cond["encoder_hidden_states"]
+        down, mid = self._control_residuals(x, timestep, cond, context)
+        return self.unet(x, timestep, context, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+    def _control_residuals(
+        self, x: torch.Tensor, timestep: torch.Tensor, cond: Mapping[str, torch.Tensor], context: torch.Tensor
+    ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+        """Residuals for the UNet's skips and mid stage, each ``[(B'·F), C, h, w]``: none here; the
+        ControlNet and SparseCtrl pipelines compute them from their control inputs in ``cond``."""
+        return None, None

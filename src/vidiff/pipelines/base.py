@@ -316,6 +316,10 @@ class Pipeline(ContextWindowsMixin, FreeInitMixin):
         maps its per-video conditioning (frame axes as :attr:`frame_axes` declares) onto its network."""
         raise NotImplementedError
 
+    def _before_step(self, index: int) -> None:
+        """Called by the loop with each step's index (from 0 in every loop run) before its network
+        calls; pipelines whose network depends on the step (ControlNet guidance windows) track it."""
+
     def _decode(self, latents: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
         """Final scaled latents [B, C, f, h, w] → float32 frames [B, 3, F, H, W] in [-1, 1].
 
@@ -355,7 +359,10 @@ class Pipeline(ContextWindowsMixin, FreeInitMixin):
             # a fresh wrapper per loop run: wrappers may keep per-run state (a window schedule's step)
             network = self._network if self.network_wrapper is None else self.network_wrapper(self._network, self.frame_axes)
             progress = functools.partial(self.progress_bar, total=run_plan.num_steps, desc=desc)
-            return sample(network, start, run_plan, cond, uncond, guidance, noise=noise, on_step=on_step, progress=progress)
+            return sample(
+                network, start, run_plan, cond, uncond, guidance,
+                noise=noise, on_step=on_step, progress=progress, before_step=self._before_step,
+            )
 
         if not self.free_init_enabled:
             return run(latents, plan, "denoising")
