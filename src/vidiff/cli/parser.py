@@ -22,6 +22,7 @@ from .commands import (
     unit_interval,
 )
 from .errors import UsageError
+from .control_inputs import add_control_flags
 from .long_video import add_long_video_flags
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_flags(sub, command)
         _add_memory_flags(sub)
         add_long_video_flags(sub, command)
+        add_control_flags(sub, command)
         _add_run_flags(sub)
         add_common_flags(sub)
     demo = subcommands.add_parser(

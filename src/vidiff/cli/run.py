@@ -17,7 +17,7 @@ from .. import __version__, loading
 from ..models.base import PretrainedModel
 from ..models.motion_adapter import MotionAdapter, MotionAdapterConfig
 from ..pipelines import memory
-from . import limits, long_video, memory_levers, outputs, settings as run_settings
+from . import control_inputs, control_reading, limits, long_video, memory_levers, outputs, settings as run_settings
 from .commands import ANIMATEDIFF_EXPORT_FPS, Command, scheduler_choices
 from .errors import RunError, UsageError
 
@@ -27,10 +27,14 @@ logger = logging.getLogger("vidiff.cli")
 def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list[Path]:
     """Make the videos ``explicit`` (the typed flags) asks for; return the written paths."""
     settings, recorded = run_settings.merge(command, explicit)
+    control_flags = control_inputs.check_flags(command, settings)  # --video, --controlnet, --sparsectrl…
     image = run_settings.read_image(command, settings) if command.takes_image else None
     if recorded is not None and command.takes_image:
         _warn_if_image_changed(settings["image"], recorded)
     prompt = run_settings.read_prompt(command, settings) if command.takes_prompt else None
+    control = control_reading.read_inputs(control_flags, settings)  # the videos and key-frame images, read now
+    if control.num_frames is not None:  # the videos set the frame count (recorded, so a replay keeps it)
+        settings = {**settings, "num_frames": control.num_frames}
     long = long_video.plan(command, settings)  # --prompt-at, --free-noise, --context-*, --free-init
     limits.check_text(settings)
     overrides = run_settings.scheduler_overrides(command, settings)
@@ -44,6 +48,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     device = run_settings.pick_device(settings["device"])
     networks, needs_adapter = _check_model(command, settings)
     long_video.check_with_configs(long, command, settings, networks)  # SVD's length, the motion modules' limit
+    control_reading.check_models(control.flags, settings, (networks.get("unet") or (None, None))[1])
     dtype = run_settings.pick_dtype(settings["dtype"], device)
     variant = run_settings.pick_variant(settings["variant"], dtype)
     settings = {**settings, "offload": memory_levers.usable(memory_levers.given_levers(settings), device).offload}
@@ -52,7 +57,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     logger.info("device %s, dtype %s%s", device, str(dtype).removeprefix("torch."), f", {variant} weights" if variant else "")
 
     # Offloaded networks load on the CPU (the offload hooks move them); the others straight onto the device.
-    pipe = _load(command, settings, dtype, variant, None if levers.offload else device, needs_adapter)
+    pipe = _load(command, settings, dtype, variant, None if levers.offload else device, needs_adapter, control)
     memory_levers.apply(pipe, levers, bool(settings.get("compile")), device)
     long_video_calls = long_video.apply(pipe, long)
     if settings.get("scheduler") or overrides:
@@ -61,6 +66,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
             pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
         except (TypeError, ValueError) as error:
             raise UsageError(f"--scheduler {cls.__name__}: {error}") from None
+    control_reading.video_scheduler(pipe, control.flags, settings)  # PNDM cannot start part-way: DDIM for --video
     pipe.set_progress_bar_config(disable=not show_progress)
 
     call = {flag.param: settings[flag.param] for flag in command.flags if settings.get(flag.param) is not None}
@@ -68,6 +74,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
         call["image"] = image
     if prompt is not None:
         call["prompt"] = long.prompt(prompt)
+    call = control.call_arguments(call)
     logger.info("generating %d video(s) with %s, seed %d (%s)", videos, type(pipe.scheduler).__name__, seed.value, seed.kind)
     try:
         frames = pipe(**call, generator=seed.generator(), output_type="np").frames  # [B, F, H, W, 3]
@@ -77,6 +84,10 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     record = _record(command, settings, overrides, seed, device, dtype, variant, pipe, fps)
     record["resolved"]["levers"] = levers.names() + (["compile"] if settings.get("compile") else [])
     record["resolved"]["long_video"] = long_video_calls  # each enable_*() call, its defaults filled in
+    record["resolved"]["pipeline"] = type(pipe).__name__
+    if control.flags.video or control.flags.controlnets or control.flags.sparsectrl:
+        record["resolved"]["control"] = control.record  # frame count, per-net values, input files' SHA-256
+    control_reading.record_arguments(record["arguments"], control)
     sidecars = [{**record, "output": {
         "path": str(target.path.absolute()), "format": target.kind, "video_index": target.video_index,
         "videos": videos, "fps": fps,
@@ -161,11 +172,14 @@ def _not_cached(what: str, flag: str, error: loading.CheckpointNotCachedError) -
     )
 
 
-def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, variant: str | None, device: torch.device | None, needs_adapter: bool):
-    """The pipeline, its weights read straight into ``dtype`` on ``device`` (None: the CPU)."""
+def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, variant: str | None, device: torch.device | None,
+          needs_adapter: bool, control: control_reading.ControlRun):
+    """The pipeline (``control``'s: AnimateDiff's with --video / --controlnet / --sparsectrl), its
+    weights read straight into ``dtype`` on ``device`` (None: the CPU)."""
     model, offline = settings["model"], settings.get("offline") or None
     source = dict(revision=settings.get("revision"), local_files_only=offline)
-    extra = {}
+    pipeline = control.pipeline if command.name == "animatediff" else command.pipeline
+    extra = control_reading.load_models(control.flags, settings, dtype, variant, device)
     if needs_adapter:
         adapter = settings["motion_adapter"]
         logger.info("loading the motion adapter from %s", adapter)
@@ -176,8 +190,8 @@ def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, varian
         except (OSError, ValueError, TypeError, KeyError) as error:
             raise RunError(f"cannot load --motion-adapter {adapter!r}: {error}") from error
     try:
-        logger.info("loading %s from %s", command.pipeline.__name__, model)
-        pipe = command.pipeline.from_pretrained(model, dtype=dtype, variant=variant, device=device, **source, **extra)
+        logger.info("loading %s from %s", pipeline.__name__, model)
+        pipe = pipeline.from_pretrained(model, dtype=dtype, variant=variant, device=device, **source, **extra)
         return pipe if device is None else pipe.to(device)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise RunError(f"cannot load --model {model!r}: {error}") from error

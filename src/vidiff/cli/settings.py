@@ -23,6 +23,7 @@ from ..image_loading import load_image
 from ..pipelines.frames import check_image_size
 from .commands import Command, scheduler_choices
 from .errors import UsageError
+from .control_inputs import defaults as control_defaults
 from .long_video import defaults as long_video_defaults
 from .parser import subcommand_actions
 
@@ -64,6 +65,7 @@ def defaults(command: Command) -> dict[str, Any]:
         "compile": False,
         "memory": "off",
         **long_video_defaults(command),  # prompt travel, FreeNoise, context windows, FreeInit: off
+        **control_defaults(command),  # video input, ControlNet, SparseCtrl: off (AnimateDiff only)
     }
 
 

@@ -88,6 +88,29 @@ class ControlNetConditioningEmbedding(nn.Module):
         return self.conv_out(embedding)
 
 
+def check_residuals_fit(net: nn.Module, unet: nn.Module, name: str = "controlnet") -> None:
+    """ValueError naming ``name`` unless the residuals of ``net`` (a ControlNet or SparseControlNet)
+    fit ``unet``'s skips.
+
+    Both are built on the SD skeleton (``down_blocks`` with ``skip_channels``, ``mid_block``,
+    ``conv_in``): the SD UNet or the AnimateDiff motion UNet. Compared: latent channels, text width,
+    and the width of every skip and of the mid stage.
+    """
+
+    def widths(model: nn.Module) -> tuple[int, ...]:
+        # the skips' widths; the mid residual has the last one's (and needs a mid stage)
+        skips = [model.conv_in.out_channels] + [c for block in model.down_blocks for c in block.skip_channels]
+        return tuple(skips) if model.mid_block is not None else tuple(skips) + ("no mid stage",)
+
+    ours = (net.conv_in.in_channels, net.config.cross_attention_dim, widths(net))
+    theirs = (unet.conv_in.in_channels, unet.config.cross_attention_dim, widths(unet))
+    if ours != theirs:
+        raise ValueError(
+            f"{name} does not fit the UNet: (latent channels, cross_attention_dim, skip widths) are "
+            f"{ours} for the {type(net).__name__} but {theirs} for the UNet; use one trained for this base model"
+        )
+
+
 class ControlNetModel(PretrainedModel):
     """An SD 1.x/2.x ControlNet (checkpoints such as ``lllyasviel/sd-controlnet-canny``), diffusers' names.
 
@@ -151,24 +174,9 @@ class ControlNetModel(PretrainedModel):
         return controlnet
 
     def check_fits(self, unet: nn.Module, name: str = "controlnet") -> None:
-        """ValueError naming ``name`` unless this ControlNet's residuals fit ``unet``'s skips.
-
-        ``unet`` is any vidiff UNet built on the SD skeleton (``down_blocks``, ``mid_block``,
-        ``conv_in``): the SD UNet or the AnimateDiff motion UNet. Compared: latent channels, text
-        width, and the width of every skip and of the mid stage.
-        """
-        def widths(model: nn.Module) -> tuple[int, ...]:
-            # the skips' widths; the mid residual has the last one's (and needs a mid stage)
-            skips = [model.conv_in.out_channels] + [c for block in model.down_blocks for c in block.skip_channels]
-            return tuple(skips) if model.mid_block is not None else tuple(skips) + ("no mid stage",)
-
-        ours = (self.conv_in.in_channels, self.config.cross_attention_dim, widths(self))
-        theirs = (unet.conv_in.in_channels, unet.config.cross_attention_dim, widths(unet))
-        if ours != theirs:
-            raise ValueError(
-                f"{name} does not fit the UNet: (latent channels, cross_attention_dim, skip widths) are "
-                f"{ours} for the ControlNet but {theirs} for the UNet; use a ControlNet trained for this base model"
-            )
+        """ValueError naming ``name`` unless this ControlNet's residuals fit ``unet``'s skips
+        (see :func:`check_residuals_fit`)."""
+        check_residuals_fit(self, unet, name)
 
     def forward(
         self,

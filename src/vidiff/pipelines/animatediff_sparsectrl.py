@@ -5,8 +5,9 @@
 zero condition and a zero mask channel. RGB SparseCtrl (``use_simplified_condition_embedding``)
 takes the key frames' VAE latents: one posterior *sample*, drawn before the initial latents from
 ``generator`` (diffusers draws it from torch's global RNG; with both seeded alike the numbers are
-the same). Scribble SparseCtrl takes the images themselves in [0, 1]. The SparseControlNet sees
-zeros instead of the noisy latents; its residuals enter the UNet at the one residual seam.
+the same); with a list of generators, one sample per video from its own generator. Scribble
+SparseCtrl takes the images themselves in [0, 1]. The SparseControlNet sees zeros instead of the
+noisy latents; its residuals enter the UNet at the one residual seam.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from ..diffusion.noise import GeneratorInput, randn
+from ..models.controlnet import check_residuals_fit
 from ..models.controlnet_sparsectrl import SparseControlNetModel
 from . import frames as frames_io
 from .animatediff import AnimateDiffPipeline
@@ -40,6 +42,13 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
 
     controlnet: SparseControlNetModel
     _sparse: tuple[float, bool] = (1.0, False)  # this call's (scale, guess mode)
+
+    def __init__(self, **components: Any) -> None:
+        super().__init__(**components)
+        if not isinstance(self.controlnet, SparseControlNetModel):
+            raise TypeError(f"`controlnet` must be a SparseControlNetModel, got {type(self.controlnet).__name__}")
+        # its residuals are added to the motion UNet's skips, so widths and text width must match
+        check_residuals_fit(self.controlnet, self.unet, "controlnet")
 
     @torch.no_grad()
     def __call__(
@@ -126,21 +135,29 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
         return add_inputs
 
     def _sparse_condition(self, images, indices, num_frames, height, width, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The condition ``[1, C, F, H_c, W_c]`` (zeros on unconditioned frames) and mask ``[1, 1, F, H_c, W_c]``."""
+        """The condition ``[G, C, F, H_c, W_c]`` (zeros on unconditioned frames) and mask ``[1, 1, F, H_c, W_c]``.
+
+        G is 1 (one condition for every video), except for RGB SparseCtrl with a list of generators:
+        then video b's key-frame latents are a posterior sample drawn from generator b, so each video
+        of a batch is what a call with its own generator gives.
+        """
         net = self.controlnet
         pixels = video_frames(images, height, width, "conditioning_frames").to(self.device)  # [N, 3, H, W] in [0, 1]
         if net.config.use_simplified_condition_embedding:  # RGB SparseCtrl: the frames' scaled VAE latents
             distribution = self.vae.encode(pixels.to(self.vae.dtype) * 2 - 1)
-            single = generator[0] if isinstance(generator, (list, tuple)) else generator
-            noise = randn(distribution.mean.shape, single, device=pixels.device, dtype=distribution.mean.dtype)
-            frames = distribution.sample(noise) * self.vae.config.scaling_factor  # [N, 4, h, w]
+            generators = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+            samples = [
+                distribution.sample(randn(distribution.mean.shape, one, device=pixels.device, dtype=distribution.mean.dtype))
+                for one in generators
+            ]
+            frames = torch.stack(samples) * self.vae.config.scaling_factor  # [G, N, 4, h, w]
         else:
-            frames = pixels
+            frames = pixels[None]  # [1, N, 3, H, W]
         frames = frames.to(net.dtype)
-        condition = frames.new_zeros((1, frames.shape[1], num_frames, *frames.shape[2:]))
-        mask = frames.new_zeros((1, 1, num_frames, *frames.shape[2:]))
-        condition[0, :, list(indices)] = frames.transpose(0, 1)
-        mask[0, :, list(indices)] = 1
+        condition = frames.new_zeros((frames.shape[0], frames.shape[2], num_frames, *frames.shape[3:]))
+        mask = frames.new_zeros((1, 1, num_frames, *frames.shape[3:]))
+        condition[:, :, list(indices)] = frames.transpose(1, 2)
+        mask[:, :, list(indices)] = 1
         return condition, mask
 
     # ------------------------------------------------------------------ during the loop

@@ -94,6 +94,7 @@ class AnimateDiffVideoToVideoPipeline(VideoToVideoMixin, AnimateDiffPipeline):
         after the video latents are drawn)."""
         height, width = self._default_size(height, width)
         pixels, num_frames = self._input_video(video, latents, height, width)
+        self._check_video_fits_free_noise(num_frames, "video" if latents is None else "latents")
         self._check_arguments(
             height, width, num_frames, num_inference_steps, guidance_scale, eta, num_videos_per_prompt,
             decode_chunk_size, output_type, callback_on_step_end_tensor_inputs,
@@ -126,6 +127,15 @@ class AnimateDiffVideoToVideoPipeline(VideoToVideoMixin, AnimateDiffPipeline):
             noise=seeded_noise(generator, device, latents.dtype), replan=plan_for, num_inference_steps=num_inference_steps,
         )
         return self._finish(latents, output_type, return_dict, decode_chunk_size)
+
+    def _check_video_fits_free_noise(self, num_frames: int, argument: str) -> None:
+        """The output has the video's frame count, so FreeNoise needs at least a window's worth of them."""
+        free_noise = getattr(self, "_free_noise", None)
+        if free_noise is not None and num_frames < free_noise.context_length:
+            raise ValueError(
+                f"`{argument}` has {num_frames} frames, fewer than the FreeNoise context_length="
+                f"{free_noise.context_length}; give a longer video or enable_free_noise with context_length ≤ {num_frames}"
+            )
 
     @staticmethod
     def _input_video(video: Any, latents: Any, height: int, width: int) -> tuple[torch.Tensor | None, int]:

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from ..layers.frames import split_frames, video_to_images
 from ..models.controlnet import ControlNetModel, MultiControlNetModel
 from .video_input import split_videos, video_frames
 
@@ -40,7 +39,7 @@ def select_rows(value: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Te
     per-frame ``[(B·F), …]`` tensors alike."""
     if value.shape[0] == batch:
         return value[rows]
-    return split_frames(value, value.shape[0] // batch)[rows].flatten(0, 1)
+    return value.unflatten(0, (batch, -1))[rows].flatten(0, 1)
 
 
 def residuals_on_rows(
@@ -64,7 +63,7 @@ def residuals_on_rows(
 
     def widen(residual: torch.Tensor) -> torch.Tensor:  # [(b·F), C, h, w] → [(B·F), C, h, w], zeros elsewhere
         full = residual.new_zeros((batch, num_frames, *residual.shape[1:]))
-        full[rows] = split_frames(residual, num_frames)
+        full[rows] = residual.unflatten(0, (-1, num_frames))
         return full.flatten(0, 1)
 
     return [widen(r) for r in down], widen(mid)
@@ -162,15 +161,14 @@ class ControlNetMixin:
 
     # ------------------------------------------------------------------ preparing a call
     def _control_frames(self, conditioning_frames: Any, height: int, width: int, num_frames: int) -> torch.Tensor:
-        """``conditioning_frames`` → ``[K, 3, F, H, W]`` in [0, 1]: one video of ``num_frames`` frames per
-        ControlNet (a single ControlNet takes the video itself, several a list of videos)."""
+        """``conditioning_frames`` → ``[V, K, 3, F, H, W]`` in [0, 1]: one video of ``num_frames`` frames per
+        ControlNet (a single ControlNet takes the video itself, several a list of videos), V = 1; or, for a
+        single ControlNet, a list of V videos, one per prompt (as diffusers' video-to-video pipeline takes)."""
         count = len(self.controlnets)
         if conditioning_frames is None:
             raise ValueError("`conditioning_frames` is required: the control video (a list of frames) for the ControlNet")
         if count == 1:
             videos = split_videos(conditioning_frames, "conditioning_frames")
-            if len(videos) != 1:
-                raise ValueError(f"`conditioning_frames` must be one video for the one ControlNet, got {len(videos)}")
         else:
             if not isinstance(conditioning_frames, (list, tuple)) or len(conditioning_frames) != count:
                 raise ValueError(
@@ -188,7 +186,8 @@ class ControlNetMixin:
                     "give one control frame per video frame"
                 )
             frames.append(pixels.transpose(0, 1))  # [3, F, H, W]
-        return torch.stack(frames)
+        stacked = torch.stack(frames)  # [K, 3, F, H, W], or [V, 3, F, H, W] for one ControlNet
+        return stacked.unsqueeze(1) if count == 1 else stacked.unsqueeze(0)
 
     def _add_control_inputs(
         self,
@@ -197,10 +196,21 @@ class ControlNetMixin:
         frames: torch.Tensor,
         guess_mode: bool,
     ) -> None:
-        """Put the control frames ``[K, 3, F, H, W]`` (shared by the batch) into both branches' inputs."""
+        """Put the control frames ``[V, K, 3, F, H, W]`` (V = 1: shared by the batch; else one per prompt,
+        repeated for its videos) into both branches' inputs."""
         batch = next(iter(cond.values())).shape[0]
-        net = self.controlnets[0]
-        per_video = frames.to(device=net.device, dtype=net.dtype).expand(batch, *frames.shape)
+        if frames.shape[0] != 1 and batch % frames.shape[0] != 0:
+            raise ValueError(
+                f"`conditioning_frames` holds {frames.shape[0]} control videos for one ControlNet; give one video, "
+                f"or one per prompt ({batch} videos in this call)"
+            )
+        # the pipeline's execution device: under CPU offload the ControlNet's own weights may be parked
+        frames = frames.to(device=self.device, dtype=self.controlnets[0].dtype)
+        # [B, K, 3, F, H, W]: a view when shared, prompt-major copies when one per prompt
+        if frames.shape[0] == 1:
+            per_video = frames.expand(batch, *frames.shape[1:])
+        else:
+            per_video = frames.repeat_interleave(batch // frames.shape[0], dim=0)
         cond["control_frames"] = per_video
         cond[ACTIVE] = torch.ones(batch, device=per_video.device)
         if uncond is not None:
@@ -241,12 +251,12 @@ class ControlNetMixin:
         guess_mode = self._control.guess_mode
 
         def run(latents: torch.Tensor, text: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> Residuals:
-            images = video_to_images(latents)  # [(b·F), 4, h, w]
+            images = latents.transpose(1, 2).flatten(0, 1)  # [b, 4, F, h, w] → [(b·F), 4, h, w]
             total_down, total_mid = None, None
             for k, (net, scale) in enumerate(zip(self.controlnets, scales)):
                 if scale == 0:
                     continue
-                control = video_to_images(inputs["control_frames"][:, k])  # [(b·F), 3, H, W]
+                control = inputs["control_frames"][:, k].transpose(1, 2).flatten(0, 1)  # [(b·F), 3, H, W]
                 down, mid = net(images, timestep, text, control, scale, guess_mode)
                 if total_down is None:
                     total_down, total_mid = list(down), mid

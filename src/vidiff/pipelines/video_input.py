@@ -60,6 +60,8 @@ def video_frames(video: Any, height: int, width: int, argument: str) -> torch.Te
             pils = None
     else:
         pixels, pils = frames_io.images_to_tensor(video)
+        if pixels.shape[0] == 0:
+            raise ValueError(f"`{argument}` holds an empty video (0 frames); give it at least one frame")
     return frames_io.resize_images(pixels, pils, height, width)
 
 
