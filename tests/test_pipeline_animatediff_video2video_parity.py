@@ -37,6 +37,10 @@ CASES = {
     "dpmpp_2m_0_8": ("DPMSolverMultistepScheduler", {}, dict(strength=0.8, num_inference_steps=5)),
     "sde_dpmpp_karras_0_9": ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++", use_karras_sigmas=True), dict(strength=0.9)),
     "lcm_0_75": ("LCMScheduler", {}, dict(strength=0.75, guidance_scale=1.5)),
+    # an SD 1.5 repository's own scheduler: PLMS restarts its warm-up at the cut, as diffusers' counter does
+    "pndm_plms_0_5": ("PNDMScheduler", dict(skip_prk_steps=True), dict(strength=0.5, num_inference_steps=5)),
+    "pndm_plms_0_34": ("PNDMScheduler", dict(skip_prk_steps=True), dict(strength=0.34, num_inference_steps=6)),
+    "pndm_plms_enforce": ("PNDMScheduler", dict(skip_prk_steps=True), dict(strength=0.6, num_inference_steps=3, enforce_inference_steps=True)),
     "default_size": ("DDIMScheduler", {}, dict(strength=0.5, height=None, width=None, num_inference_steps=2)),
     "ddim_v_zero_snr_trailing": ("DDIMScheduler", dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"), dict(strength=0.7)),
     "euler_karras": ("EulerDiscreteScheduler", dict(use_karras_sigmas=True), dict(strength=0.7)),
@@ -146,3 +150,23 @@ def test_free_noise_given_latents_enforce_steps(tiny_animatediff, pair):
     ours, theirs = _free_noise_both(tiny_animatediff[0], pair, **call)
     assert ours.shape == (1, 6, 32, 48, 3)
     assert np.abs(ours - theirs).max() <= TOLERANCE
+
+
+def test_callback_sees_the_cut_schedule_and_replaces_latents(tiny_animatediff, pair):
+    """The step callback runs on the strength-cut schedule (index from 0, its timesteps) and its
+    replacement latents are used, as in diffusers."""
+    results = []
+    for pipe in pair:
+        seen = []
+
+        def callback(pipe, step, timestep, tensors, seen=seen):
+            seen.append((int(step), float(timestep)))
+            return {"latents": tensors["latents"] * 0.98}
+
+        set_schedulers(tiny_animatediff[0], pair)
+        results.append((frames(pipe, **SMALL, video=VIDEO, strength=0.6, callback_on_step_end=callback), seen))
+    (ours, our_steps), (theirs, their_steps) = results
+    assert our_steps == their_steps and len(our_steps) == 2  # int(4 · 0.6) = 2 of the 4 steps
+    assert np.abs(ours - theirs).max() <= TOLERANCE
+    plain = frames(pair[0], **SMALL, video=VIDEO, strength=0.6)
+    assert np.abs(ours - plain).max() > 1e-3

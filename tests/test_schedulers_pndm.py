@@ -139,11 +139,21 @@ def test_runge_kutta_warm_up_needs_four_steps():
 
 
 @pytest.mark.parametrize(
-    ("options", "name"), [({"eta": 0.5}, "eta"), ({"strength": 0.5}, "strength"), ({"sigmas": [1.0, 0.0]}, "sigmas")]
+    ("options", "name"), [({"eta": 0.5}, "eta"), ({"timesteps": [501, 1]}, "timesteps"), ({"sigmas": [1.0, 0.0]}, "sigmas")]
 )
 def test_options_it_cannot_honour_are_named(options, name):
     with pytest.raises(ValueError, match=f"PNDMScheduler cannot honour `{name}`"):
         PNDMScheduler.from_config(SD15).plan(5, **options)
+
+
+def test_strength_cuts_plms_only():
+    # the Runge-Kutta warm-up spans the first steps: a cut schedule cannot start inside it
+    with pytest.raises(ValueError, match="skip_prk_steps"):
+        PNDMScheduler.from_config(SD15, skip_prk_steps=False).plan(5, strength=0.5)
+    with pytest.raises(ValueError, match="skip_prk_steps"):
+        PNDMScheduler.from_config(SD15, skip_prk_steps=False).plan_tail(5, 2)
+    full, cut = PNDMScheduler.from_config(SD15).plan(5), PNDMScheduler.from_config(SD15).plan(5, strength=0.5)
+    assert torch.equal(cut.timesteps, full.timesteps[5 - int(5 * 0.5):])  # of N = 5 steps, skip N − int(N·s)
 
 
 def test_bad_options_are_refused():

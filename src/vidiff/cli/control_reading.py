@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,11 @@ from ..pipelines.animatediff_controlnet import (
 )
 from ..pipelines.animatediff_sparsectrl import AnimateDiffSparseControlNetPipeline
 from ..pipelines.animatediff_video2video import AnimateDiffVideoToVideoPipeline
-from ..schedulers import DDIMScheduler
 from ..video_loading import load_video
 from .commands import MAX_FRAMES
 from .control_inputs import PATH_SETTINGS, ControlFlags
 from .errors import RunError, UsageError
 
-logger = logging.getLogger("vidiff.cli")
 PIPELINES = {cls.__name__: cls for cls in (
     AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline, AnimateDiffControlNetPipeline,
     AnimateDiffVideoToVideoControlNetPipeline, AnimateDiffSparseControlNetPipeline,
@@ -156,17 +153,6 @@ def _sha256(location: str) -> str | None:
     """The SHA-256 of a local file (None for URLs and folders of frames)."""
     path = Path(location).expanduser()
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
-def video_scheduler(pipe: Any, flags: ControlFlags, settings: dict[str, Any]) -> None:
-    """With ``--video`` and no ``--scheduler``, a checkpoint scheduler that cannot start part-way
-    through its schedule (Stable Diffusion 1.5's PNDM) is replaced by DDIM on the same config, with
-    an info line (the sidecar records the scheduler that ran)."""
-    if not flags.video or settings.get("scheduler") or "strength" in pipe.scheduler.honours:
-        return
-    logger.info("--video: the checkpoint's %s cannot start part-way through its schedule; using DDIMScheduler "
-                "with its config (choose another with --scheduler)", type(pipe.scheduler).__name__)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
 
 
 # ------------------------------------------------------------------------------ the control models

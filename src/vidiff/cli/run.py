@@ -66,7 +66,6 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
             pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
         except (TypeError, ValueError) as error:
             raise UsageError(f"--scheduler {cls.__name__}: {error}") from None
-    control_reading.video_scheduler(pipe, control.flags, settings)  # PNDM cannot start part-way: DDIM for --video
     pipe.set_progress_bar_config(disable=not show_progress)
 
     call = {flag.param: settings[flag.param] for flag in command.flags if settings.get(flag.param) is not None}

@@ -25,7 +25,7 @@ import torch
 from ..diffusion import free_init as forward_process
 from ..diffusion.loop import SamplingPlan
 from ..diffusion.noise import GeneratorInput, randn
-from ..diffusion.plan import skip_steps, strength_start
+from ..diffusion.plan import strength_start
 from . import arguments
 
 
@@ -58,17 +58,20 @@ class VideoToVideoMixin:
         check_strength(strength)
         if not isinstance(enforce_inference_steps, bool):
             raise TypeError(f"`enforce_inference_steps` must be True or False, got {enforce_inference_steps!r}")
-        name = type(self.scheduler).__name__
-        if "strength" not in self.scheduler.honours:
-            raise ValueError(f"{name} cannot start part-way through its schedule, so it cannot run video-to-video; use DDIM, Euler, DPM-Solver++ or LCM")
         if timesteps is not None and sigmas is not None:
             raise ValueError("Pass at most one of `timesteps` and `sigmas`, not both")
         custom = timesteps is not None or sigmas is not None
         steps = None if custom else (int(num_inference_steps / strength) if enforce_inference_steps else num_inference_steps)
-        plan = self.scheduler.plan(steps, timesteps=timesteps, sigmas=sigmas, eta=eta or None, device=device)
-        if enforce_inference_steps:
-            return skip_steps(plan, max(plan.num_steps - num_inference_steps, 0))
-        return skip_steps(plan, strength_start(plan.num_steps, strength))
+        options = dict(timesteps=timesteps, sigmas=sigmas, eta=eta or None, device=device)
+        full = self.scheduler.plan(steps, **options)
+        if enforce_inference_steps:  # the last num_inference_steps evaluations
+            start = max(full.num_steps - num_inference_steps, 0)
+        else:  # of N steps (a custom schedule's length; PNDM's N + 1 evaluations count as N) skip N − int(N·s)
+            start = strength_start(full.num_steps if custom else num_inference_steps, strength)
+        try:
+            return self.scheduler.plan_tail(steps, start, **options)
+        except ValueError as err:
+            raise ValueError(f"video-to-video needs a scheduler that can start part-way: {err}") from None
 
     def _video_latents(
         self,

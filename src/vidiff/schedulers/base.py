@@ -211,6 +211,17 @@ class Scheduler:
         """The scheduler's own plan for ``request`` with the (possibly the network's) parameterization."""
         raise NotImplementedError
 
+    def plan_tail(self, num_inference_steps: int | None, start: int, **options: Any) -> SamplingPlan:
+        """``plan(num_inference_steps, **options)`` from its evaluation ``start`` on: what the reference's
+        image/video-to-video pipelines run after cutting ``scheduler.timesteps[start:]``.
+
+        The cut plan keeps the full plan's per-step tables (a multistep solver's warm-up is the full
+        plan's); schedulers whose reference restarts its state at the cut override this (PNDM).
+        """
+        if start and "strength" not in self.honours:
+            raise ValueError(f"{type(self).__name__} cannot start part-way through its schedule: {self.refusal_reasons['strength']}")
+        return skip_steps(self.plan(num_inference_steps, **options), start)
+
     # ------------------------------------------------------------------ the one step body
     def _advance(
         self, model_output: Tensor, sample: Tensor, stepper: Stepper, context: StepContext

@@ -27,7 +27,7 @@ from torch import Tensor
 from ..config import Config
 from ..diffusion import sigmas as schedules
 from ..diffusion.parameterization import DiscreteTimesteps, Parameterization
-from ..diffusion.plan import PlanRequest, SamplingPlan
+from ..diffusion.plan import PlanRequest, SamplingPlan, strength_start
 from ..diffusion.steppers import StepContext
 from ..diffusion.steppers_pndm import RUNGE_KUTTA_EVALUATIONS, PLMSStepper
 from .base import Scheduler, SchedulerStepOutput, check_training_options
@@ -71,11 +71,9 @@ class PNDMScheduler(Scheduler):
     config: PNDMConfig
     order = 1
     init_noise_sigma = 1.0  # VP sample: the initial latents are unit noise
-    honours = frozenset()
-    refusal_reasons = {
-        **Scheduler.refusal_reasons,
-        "strength": "its multistep warm-up (the repeated second timestep) must start at the first step",
-    }
+    # strength: the reference's image/video-to-video cut, the PLMS warm-up restarting there (plan_tail)
+    honours = frozenset({"strength"})
+    native_strength = True
 
     def __init__(self, config: Config | dict[str, Any] | None = None, **options: Any) -> None:
         super().__init__(config, **options)
@@ -154,13 +152,42 @@ class PNDMScheduler(Scheduler):
 
     def _plan(self, request: PlanRequest, parameterization: Parameterization) -> SamplingPlan:
         """The plan for ``num_inference_steps`` PLMS steps: N + 1 evaluations, σ [N + 2] incl. the final one."""
-        num_inference_steps = request.num_inference_steps
-        timesteps = self._plms_timesteps(num_inference_steps)  # [M]
+        timesteps = self._plms_timesteps(request.num_inference_steps)  # [M]
+        if request.strength is not None:  # of N steps skip N − int(N·strength), as the reference's pipelines
+            timesteps = self._cut(timesteps, strength_start(request.num_inference_steps, request.strength))
+        return self._plan_of(timesteps, request.num_inference_steps, parameterization, request.device)
+
+    def plan_tail(self, num_inference_steps: int | None, start: int, **options: Any) -> SamplingPlan:
+        """The PLMS plan over the evaluations ``timesteps[start:]``, as the reference's image/video-to-video
+        pipelines run it: its step counter restarts at the cut, so the warm-up (one plain step, then
+        the repeated step back from the first sample) happens again from there, each step's size
+        still ``T // N``. Only with ``skip_prk_steps`` (the Runge–Kutta warm-up cannot be cut)."""
+        if start == 0:
+            return self.plan(num_inference_steps, **options)
+        given = sorted(name for name, value in options.items() if value is not None and name != "device")
+        if given:
+            raise ValueError(f"PNDMScheduler cannot honour {given} when starting part-way; pass num_inference_steps only")
+        timesteps = self._cut(self._plms_timesteps(num_inference_steps), start)
+        return self._plan_of(timesteps, num_inference_steps, self.parameterization, options.get("device"))
+
+    def _cut(self, timesteps: Tensor, start: int) -> Tensor:
+        """``timesteps[start:]``, checked: PLMS only (the Runge–Kutta warm-up cannot be cut), some left."""
+        if start and not self.config.skip_prk_steps:
+            raise ValueError(
+                "PNDMScheduler with skip_prk_steps=False cannot start part-way (its Runge-Kutta warm-up spans the "
+                "first steps); use skip_prk_steps=True, DDIM or Euler for image/video-to-video"
+            )
+        if start >= len(timesteps):
+            raise ValueError(f"starting at evaluation {start} leaves none of the {len(timesteps)} PLMS evaluations")
+        return timesteps[start:]
+
+    def _plan_of(self, timesteps: Tensor, num_inference_steps: int, parameterization: Parameterization, device: Any) -> SamplingPlan:
+        """The plan evaluating ``timesteps`` [M] in order, the step counter from 0, steps of ``T // num_inference_steps``."""
         alphas_from, alphas_to = self._step_alphas(timesteps, num_inference_steps)
         points = torch.cat([self._alpha(timesteps), alphas_to[-1:]])  # [M+1]: evaluation levels, final
         return SamplingPlan(
             sigmas=plan_sigmas(points),
-            timesteps=timesteps.to(device=request.device, dtype=torch.float32),
+            timesteps=timesteps.to(device=device, dtype=torch.float32),
             parameterization=parameterization,
             stepper=PLMSStepper(parameterization.prediction, alphas_from, alphas_to, not self.config.skip_prk_steps),
             init_noise_sigma=self.init_noise_sigma,
