@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from .chunking import Chunking, run_chunked
 from .frames import images_to_tokens, tokens_to_images
+from .ip_attention import IPAdapterBranch
 
 
 class Attention(nn.Module):
@@ -52,6 +53,9 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias)])
         # Set by forward chunking (vidiff.layers.chunking); None runs every query at once.
         self.chunking: Chunking | None = None
+        # An IP-Adapter's image branch (vidiff.layers.ip_attention), set on cross-attentions by
+        # load_ip_adapter; None (and a branch without image tokens) leaves this layer's math unchanged.
+        self.ip_adapter: IPAdapterBranch | None = None
 
     def forward(
         self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
@@ -84,6 +88,8 @@ class Attention(nn.Module):
         # tokens [N, L, C_q]; context [N_ctx, L_ctx, D] or None (self-attention). N_ctx may divide N:
         # each context row then serves N / N_ctx consecutive token rows (a video's context shared by
         # its frames), and its keys/values are projected once instead of once per frame.
+        if context is not None and self.ip_adapter is not None and self.ip_adapter.attached:
+            return self._attend_with_images(tokens, context)
         source = tokens if context is None else context
         repeats = _rows_per_context(tokens, source)
         if source.shape[1] == 1:
@@ -114,6 +120,39 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(query, key, value)  # [N, heads, L, dim_head]
         out = out.transpose(1, 2).reshape(count, length, -1)
         return self.to_out[0](out)
+
+    def _attend_with_images(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # context [N_ctx, L_text + ΣT_i, D]: text states, then each IP-Adapter's image tokens. The
+        # queries attend to the text and to each image group separately (IP-Adapter's decoupled
+        # cross-attention); adapters at scale 0 are skipped, as diffusers skips them.
+        branch = self.ip_adapter
+        text, groups = branch.split(context)
+        repeats = _rows_per_context(tokens, text)
+
+        def keys_values(source: torch.Tensor, to_k: nn.Module, to_v: nn.Module) -> list[torch.Tensor]:
+            key, value = self._split_heads(to_k(source)), self._split_heads(to_v(source))
+            if repeats > 1:  # a video's context serves its frames' rows
+                key, value = key.repeat_interleave(repeats, dim=0), value.repeat_interleave(repeats, dim=0)
+            return [key, value]
+
+        projected = keys_values(text, self.to_k, self.to_v)
+        scales = []
+        for group, to_k, to_v, scale in zip(groups, branch.to_k_ip, branch.to_v_ip, branch.scales):
+            if scale != 0:
+                projected += keys_values(group, to_k, to_v)
+                scales.append(scale)
+
+        def attend(rows: torch.Tensor, *keys_and_values: torch.Tensor) -> torch.Tensor:
+            # rows [n, L, C_q]; keys/values [n, heads, L_k, dim_head], text first → [n, L, C_q]
+            count, length, _ = rows.shape
+            query = self._split_heads(self.to_q(rows))
+            out = F.scaled_dot_product_attention(query, keys_and_values[0], keys_and_values[1])
+            for index, scale in enumerate(scales):
+                key, value = keys_and_values[2 + 2 * index], keys_and_values[3 + 2 * index]
+                out = out + scale * F.scaled_dot_product_attention(query, key, value)
+            return self.to_out[0](out.transpose(1, 2).reshape(count, length, -1))
+
+        return run_chunked(attend, self.chunking, tokens, *projected)
 
     def _split_heads(self, projected: torch.Tensor) -> torch.Tensor:
         # [N, L, heads·dim_head] → [N, heads, L, dim_head] (a view; SDPA accepts the strides)

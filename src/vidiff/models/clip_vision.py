@@ -159,3 +159,11 @@ class CLIPVisionModelWithProjection(PretrainedModel):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values`` [N, C, S, S] (normalized CLIP input) → ``image_embeds`` [N, projection_dim]."""
         return self.encode(pixel_values).image_embeds
+
+    def penultimate_hidden_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The tokens after all but the last encoder layer, [N, 1 + num_patches, hidden_size]: transformers'
+        ``hidden_states[-2]``, what IP-Adapter Plus reads (the last layer is not run)."""
+        self._check_pixels(pixel_values)
+        tower = self.vision_model
+        tokens = tower.pre_layrnorm(tower.embeddings(pixel_values))
+        return tower.encoder(tokens, num_layers=len(tower.encoder.layers) - 1)

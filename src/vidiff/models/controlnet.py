@@ -28,6 +28,9 @@ from ..layers.embeddings import TimestepEmbedding, batch_timesteps, sinusoidal_e
 from ..layers.unet_stage import StageInputs
 from .base import PretrainedModel
 from .controlnet_config import ControlNetConfig
+from .single_file import controlnet as original_controlnet
+from .single_file import read_single_file
+from .single_file.build import ConfigOverride, build_strict, read_config_override
 from .unet_2d import UNet2DConditionModel, build_down_stages, build_mid_stage
 from .unet_2d_blocks import ResnetOptions
 
@@ -172,6 +175,30 @@ class ControlNetModel(PretrainedModel):
             for name in ("conv_in", "time_embedding", "down_blocks", "mid_block"):
                 getattr(controlnet, name).load_state_dict(getattr(unet, name).state_dict(), strict=True)
         return controlnet
+
+    @classmethod
+    def from_single_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        config: ConfigOverride = None,
+        dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> ControlNetModel:
+        """Load an original ControlNet file (``control_v11p_sd15_canny.pth``, ``control_sd15_canny.pth``
+        with its ``control_model.`` prefix, or their ``.safetensors``).
+
+        Stage widths, layers, attention stages, cross-attention width, control-image encoder widths
+        and linear/conv projections are read from the tensors; the rest is the SD 1.5 ControlNet
+        release config unless ``config`` (a dict, a ``config.json`` or a folder holding one) says
+        otherwise, e.g. ``{"global_pool_conditions": True}`` for ``control_v11e_sd15_shuffle``.
+        Pickles are read only through ``torch.load(weights_only=True)``; the load is strict.
+        """
+        source = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
+        overrides = read_config_override(config)
+        converted, merged = original_controlnet.convert(read_single_file(path), source, overrides)
+        return build_strict(cls, merged, converted, source=source, dtype=dtype, torch_dtype=torch_dtype, device=device)
 
     def check_fits(self, unet: nn.Module, name: str = "controlnet") -> None:
         """ValueError naming ``name`` unless this ControlNet's residuals fit ``unet``'s skips

@@ -9,13 +9,18 @@ The adapter is a weight container with no forward of its own. Its modules sit wh
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+import os
+from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.motion import MotionModule
 from .base import PretrainedModel
+from .single_file import motion_modules as original_motion_modules
+from .single_file import read_single_file
+from .single_file.build import ConfigOverride, build_strict, read_config_override
 
 PerLayer = int | tuple[int, ...]
 
@@ -151,6 +156,31 @@ class MotionAdapter(PretrainedModel):
             MotionModuleGroup(layers[i] + 1, transformer_layers[i], **config.motion_module_kwargs(i))
             for i in reversed(stages)
         )
+
+    @classmethod
+    def from_single_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        config: ConfigOverride = None,
+        dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> MotionAdapter:
+        """Load an original AnimateDiff motion-module file (``mm_sd_v15.ckpt``, ``mm_sd_v15_v2.ckpt``,
+        ``v3_sd15_mm.ckpt``, or their ``.safetensors``), or a diffusers adapter saved as one file.
+
+        The version (v1, v2, v3) and the structure (stage widths, modules per stage, mid block,
+        position-table length) are read from the tensors; attention heads and group-norm groups,
+        which no tensor shows, come from the release config (8 and 32) unless ``config`` (a dict, a
+        ``config.json`` or a folder holding one) gives them; ``config`` overrides everything else too.
+        Pickles are read only through ``torch.load(weights_only=True)``; the load is strict. ``dtype``
+        (alias ``torch_dtype``, default float32) and ``device`` (default CPU) as in :meth:`from_pretrained`.
+        """
+        source = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
+        overrides = read_config_override(config)
+        converted, merged = original_motion_modules.convert(read_single_file(path), source, overrides)
+        return build_strict(cls, merged, converted, source=source, dtype=dtype, torch_dtype=torch_dtype, device=device)
 
     def forward(self, *args, **kwargs) -> None:
         """Not callable: the adapter only stores weights for ``UNetMotionModel.from_unet2d``."""

@@ -21,6 +21,7 @@ from ..layers.chunking import Chunking
 from ..layers.free_noise import FreeNoiseWindows
 from ..layers.motion import MotionModule
 from ..layers.unet_stage import DownStage, MidStage, UpStage
+from . import ip_adapter
 from .motion_adapter import MotionAdapter
 from .unet_2d import ConditionalUNet, UNet2DConditionModel
 from .unet_2d_blocks import (
@@ -197,6 +198,7 @@ class UNetMotionModel(ConditionalUNet):
         timestep_cond: torch.Tensor | None = None,
         down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
         mid_block_additional_residual: torch.Tensor | None = None,
+        added_cond_kwargs: Mapping[str, Sequence[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Predict the network output (ε or v, as trained) for noisy video latents.
 
@@ -212,6 +214,9 @@ class UNetMotionModel(ConditionalUNet):
                 one per skip, each ``[(B·F), C, h, w]`` like that skip (frames of a video consecutive),
                 as diffusers' ``UNetMotionModel`` takes them; added to the skips.
             mid_block_additional_residual: ``[(B·F), C, h, w]``, added to the mid stage's output.
+            added_cond_kwargs: ``{"image_embeds": [...]}`` with an IP-Adapter loaded (required then):
+                per adapter ``[B, n, D]`` CLIP image embeds or ``[B, n, L, D]`` hidden states, for n
+                images per video (see :mod:`vidiff.models.ip_adapter`).
 
         Returns:
             ``[B, out_channels, F, H, W]`` in the parameters' dtype.
@@ -234,10 +239,26 @@ class UNetMotionModel(ConditionalUNet):
         # with the video's frames and projects its keys/values once, not once per frame.
         context = encoder_hidden_states.to(dtype)
         images = video_to_images(sample.to(dtype))  # [(B·F), C, H, W]
-        out = self._run_stages(  # [(B·F), C_out, H, W]
-            images, emb, context, num_frames,
-            down_residuals=down_block_additional_residuals, mid_residual=mid_block_additional_residual,
-        )
+        if getattr(self, "encoder_hid_proj", None) is None:
+            out = self._run_stages(  # [(B·F), C_out, H, W]
+                images, emb, context, num_frames,
+                down_residuals=down_block_additional_residuals, mid_residual=mid_block_additional_residual,
+            )
+            return images_to_video(out, num_frames).contiguous()
+        # IP-Adapter: image tokens appended to the context for this pass (vidiff.models.ip_adapter)
+        image_embeds = (added_cond_kwargs or {}).get("image_embeds")
+        if image_embeds is None:
+            raise ValueError(
+                "an IP-Adapter is loaded: pass added_cond_kwargs={'image_embeds': [...]} (one tensor per adapter)"
+            )
+        context = ip_adapter.attach_image_tokens(self, context, image_embeds, batch, num_frames)
+        try:
+            out = self._run_stages(
+                images, emb, context, num_frames,
+                down_residuals=down_block_additional_residuals, mid_residual=mid_block_additional_residual,
+            )
+        finally:
+            ip_adapter.detach_image_tokens(self)
         return images_to_video(out, num_frames).contiguous()
 
     def set_free_noise_windows(

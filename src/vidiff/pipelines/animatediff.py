@@ -10,6 +10,7 @@ honoured (diffusers forces it to 1).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ from . import frames as frames_io
 from . import prompt_travel
 from . import prompts as prompt_io
 from .free_noise import AnimateDiffFreeNoiseMixin
+from .ip_adapter import IPAdapterMixin
+from .lora import LoraLoaderMixin
 from .text_video import CALLBACK_TENSOR_INPUTS, SCHEDULERS, TextVideoPipeline
 
 logger = logging.getLogger(__name__)
@@ -35,7 +38,7 @@ logger = logging.getLogger(__name__)
 AddInputs = Callable[[dict, "dict | None", SamplingPlan, int, int, int], None]
 
 
-class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
+class AnimateDiffPipeline(LoraLoaderMixin, IPAdapterMixin, AnimateDiffFreeNoiseMixin, TextVideoPipeline):
     """Text-to-video with AnimateDiff.
 
     Load a Stable Diffusion 1.5 checkpoint plus a motion adapter::
@@ -92,6 +95,22 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
                 return False
         return super()._wants_component(name, index)
 
+    @classmethod
+    def from_single_file(
+        cls, path: str | os.PathLike, *, motion_adapter: MotionAdapter | None = None, **kwargs: Any
+    ) -> AnimateDiffPipeline:
+        """Build from an original single-file SD 1.x checkpoint (``model.diffusion_model.…``,
+        ``first_stage_model.…``, ``cond_stage_model.transformer.…``) plus a motion adapter.
+
+        ``config`` (a diffusers SD 1.5 folder, or ``{component: config}``), ``dtype``/``torch_dtype``,
+        ``device``, ``local_files_only`` and components (``tokenizer=``, ``scheduler=``, ``vae=`` …) as
+        in :func:`vidiff.pipelines.single_file.animatediff_from_single_file`, which documents where
+        the tokenizer and scheduler come from.
+        """
+        from .single_file import animatediff_from_single_file  # loading helper, kept out of the import block
+
+        return animatediff_from_single_file(cls, path, motion_adapter=motion_adapter, **kwargs)
+
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -110,8 +129,11 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: Sequence[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         clip_skip: int | None = None,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = CALLBACK_TENSOR_INPUTS,
@@ -138,21 +160,31 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
                 diffusers' draws; numpy gives the same video on every device.
             latents: initial noise ``[B, 4, F, H/8, W/8]`` (B = prompts × num_videos_per_prompt).
             prompt_embeds / negative_prompt_embeds: text-encoder outputs ``[N, 77, 768]``.
+            ip_adapter_image: with an IP-Adapter loaded (:meth:`load_ip_adapter`), the image prompt: one
+                image (PIL, array or tensor) or list of images per adapter (a list with one entry per
+                adapter); shared by every video.
+            ip_adapter_image_embeds: instead, per adapter a tensor ``[m, n, D]`` (base) or ``[m, n, L, D]``
+                (plus) for n images, m = 1 or one per prompt; with guidance the negative rows come
+                first (``torch.cat([negative, positive])``), as diffusers takes them.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (see VideoPipelineOutput).
             return_dict: return a VideoPipelineOutput (True) or the tuple ``(frames,)``.
+            cross_attention_kwargs: ``{"scale": s}`` multiplies every unfused LoRA's contribution (UNet
+                and text encoder) for this call, as diffusers does; no other key is accepted.
             clip_skip: use the text encoder's hidden state this many layers before the last (None).
             callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict``; a returned
                 ``"latents"`` replaces the latents. ``callback_on_step_end_tensor_inputs``: ["latents"].
             decode_chunk_size: frames per VAE decoder call (16); lower it to save memory.
         """
-        return self._generate(
-            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
-            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
-            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
-        )
+        with self._lora_scale(cross_attention_kwargs):  # LoRA scale for this call (text encoder + UNet)
+            return self._generate(
+                prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+                eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
+                clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
+                ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+            )
 
     def _default_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         """``height`` / ``width``, each defaulting to the UNet's ``sample_size`` × the VAE's scale (512 for SD 1.5)."""
@@ -163,7 +195,7 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
         self, *, prompt, num_frames, height, width, num_inference_steps, guidance_scale, negative_prompt,
         num_videos_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
         return_dict, clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, decode_chunk_size,
-        add_inputs: AddInputs | None = None,
+        add_inputs: AddInputs | None = None, ip_adapter_image: Any = None, ip_adapter_image_embeds: Any = None,
     ) -> frames_io.VideoPipelineOutput | Any:
         """Text-to-video: the body of ``__call__`` (arguments as documented there).
 
@@ -182,6 +214,7 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
             prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device, num_frames,
             num_videos_per_prompt,
         )
+        self._add_ip_adapter_inputs(cond, uncond, ip_adapter_image, ip_adapter_image_embeds, num_videos_per_prompt, device)
         prompt_embeds = next(iter(cond.values()))  # [B, 77, D] or, per frame, [B, F, 77, D]
         batch_size = prompt_embeds.shape[0]
         check_generator(generator, batch_size)
@@ -284,8 +317,11 @@ class AnimateDiffPipeline(AnimateDiffFreeNoiseMixin, TextVideoPipeline):
             context = cond["frame_context"].flatten(0, 1)
         else:
             context = cond["encoder_hidden_states"]
-        down, mid = self._control_residuals(x, timestep, cond, context)
-        return self.unet(x, timestep, context, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        down, mid = self._control_residuals(x, timestep, cond, context)  # ControlNets see the text only
+        return self.unet(
+            x, timestep, context, down_block_additional_residuals=down, mid_block_additional_residual=mid,
+            added_cond_kwargs=self._ip_adapter_embeds(cond),  # IP-Adapter image inputs, when loaded
+        )
 
     def _control_residuals(
         self, x: torch.Tensor, timestep: torch.Tensor, cond: Mapping[str, torch.Tensor], context: torch.Tensor

@@ -70,9 +70,12 @@ class AnimateDiffControlNetPipeline(ControlNetMixin, AnimateDiffPipeline):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: Sequence[torch.Tensor] | None = None,
         conditioning_frames: Any = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         controlnet_conditioning_scale: float | Sequence[float] = 1.0,
         guess_mode: bool = False,
         control_guidance_start: float | Sequence[float] = 0.0,
@@ -82,17 +85,19 @@ class AnimateDiffControlNetPipeline(ControlNetMixin, AnimateDiffPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = CALLBACK_TENSOR_INPUTS,
         decode_chunk_size: int = 16,
     ) -> frames_io.VideoPipelineOutput | Any:
-        return self._generate(
-            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
-            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
-            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
-            add_inputs=self._control_hook(
-                conditioning_frames, controlnet_conditioning_scale, guess_mode, control_guidance_start, control_guidance_end
-            ),
-        )
+        with self._lora_scale(cross_attention_kwargs):  # LoRA scale for this call
+            return self._generate(
+                prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+                eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
+                clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
+                ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+                add_inputs=self._control_hook(
+                    conditioning_frames, controlnet_conditioning_scale, guess_mode, control_guidance_start, control_guidance_end
+                ),
+            )
 
     __call__.__doc__ = (
         """Generate ``num_frames`` frames per prompt, steered by the control video(s).
@@ -136,9 +141,12 @@ class AnimateDiffVideoToVideoControlNetPipeline(ControlNetMixin, AnimateDiffVide
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: Sequence[torch.Tensor] | None = None,
         conditioning_frames: Any = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         controlnet_conditioning_scale: float | Sequence[float] = 1.0,
         guess_mode: bool = False,
         control_guidance_start: float | Sequence[float] = 0.0,
@@ -148,18 +156,20 @@ class AnimateDiffVideoToVideoControlNetPipeline(ControlNetMixin, AnimateDiffVide
         callback_on_step_end_tensor_inputs: Sequence[str] = CALLBACK_TENSOR_INPUTS,
         decode_chunk_size: int = 16,
     ) -> frames_io.VideoPipelineOutput | Any:
-        return self._generate_from_video(
-            video=video, prompt=prompt, height=height, width=width, num_inference_steps=num_inference_steps,
-            enforce_inference_steps=enforce_inference_steps, timesteps=timesteps, sigmas=sigmas,
-            guidance_scale=guidance_scale, strength=strength, negative_prompt=negative_prompt,
-            num_videos_per_prompt=num_videos_per_prompt, eta=eta, generator=generator, latents=latents,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, output_type=output_type,
-            return_dict=return_dict, clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
-            add_inputs=self._control_hook(
-                conditioning_frames, controlnet_conditioning_scale, guess_mode, control_guidance_start, control_guidance_end
-            ),
-        )
+        with self._lora_scale(cross_attention_kwargs):  # LoRA scale for this call
+            return self._generate_from_video(
+                video=video, prompt=prompt, height=height, width=width, num_inference_steps=num_inference_steps,
+                enforce_inference_steps=enforce_inference_steps, timesteps=timesteps, sigmas=sigmas,
+                guidance_scale=guidance_scale, strength=strength, negative_prompt=negative_prompt,
+                num_videos_per_prompt=num_videos_per_prompt, eta=eta, generator=generator, latents=latents,
+                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, output_type=output_type,
+                return_dict=return_dict, clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
+                ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+                add_inputs=self._control_hook(
+                    conditioning_frames, controlnet_conditioning_scale, guess_mode, control_guidance_start, control_guidance_end
+                ),
+            )
 
     __call__.__doc__ = (
         """Re-render ``video`` following ``prompt``, steered by the control video(s).

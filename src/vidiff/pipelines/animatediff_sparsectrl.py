@@ -66,9 +66,12 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: Sequence[torch.Tensor] | None = None,
         conditioning_frames: Any = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         controlnet_conditioning_scale: float = 1.0,
         controlnet_frame_indices: Sequence[int] = (0,),
         guess_mode: bool = False,
@@ -92,17 +95,19 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
 
         The other arguments are :class:`AnimateDiffPipeline`'s.
         """
-        return self._generate(
-            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
-            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
-            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
-            add_inputs=self._sparse_hook(
-                conditioning_frames, controlnet_frame_indices, controlnet_conditioning_scale, guess_mode, generator
-            ),
-        )
+        with self._lora_scale(cross_attention_kwargs):  # LoRA scale for this call
+            return self._generate(
+                prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+                eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
+                clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
+                ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+                add_inputs=self._sparse_hook(
+                    conditioning_frames, controlnet_frame_indices, controlnet_conditioning_scale, guess_mode, generator
+                ),
+            )
 
     # ------------------------------------------------------------------ preparing a call
     def _sparse_hook(self, conditioning_frames: Any, indices: Any, scale: Any, guess_mode: Any, generator: GeneratorInput):

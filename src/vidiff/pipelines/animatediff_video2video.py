@@ -48,8 +48,11 @@ class AnimateDiffVideoToVideoPipeline(VideoToVideoMixin, AnimateDiffPipeline):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: Sequence[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         clip_skip: int | None = None,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = CALLBACK_TENSOR_INPUTS,
@@ -74,21 +77,24 @@ class AnimateDiffVideoToVideoPipeline(VideoToVideoMixin, AnimateDiffPipeline):
 
         The other arguments are :class:`AnimateDiffPipeline`'s (``prompt`` may be a prompt-travel dict).
         """
-        return self._generate_from_video(
-            video=video, prompt=prompt, height=height, width=width, num_inference_steps=num_inference_steps,
-            enforce_inference_steps=enforce_inference_steps, timesteps=timesteps, sigmas=sigmas,
-            guidance_scale=guidance_scale, strength=strength, negative_prompt=negative_prompt,
-            num_videos_per_prompt=num_videos_per_prompt, eta=eta, generator=generator, latents=latents,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, output_type=output_type,
-            return_dict=return_dict, clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
-        )
+        with self._lora_scale(cross_attention_kwargs):  # LoRA scale for this call
+            return self._generate_from_video(
+                video=video, prompt=prompt, height=height, width=width, num_inference_steps=num_inference_steps,
+                enforce_inference_steps=enforce_inference_steps, timesteps=timesteps, sigmas=sigmas,
+                guidance_scale=guidance_scale, strength=strength, negative_prompt=negative_prompt,
+                num_videos_per_prompt=num_videos_per_prompt, eta=eta, generator=generator, latents=latents,
+                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, output_type=output_type,
+                return_dict=return_dict, clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
+                ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+            )
 
     def _generate_from_video(
         self, *, video, prompt, height, width, num_inference_steps, enforce_inference_steps, timesteps, sigmas,
         guidance_scale, strength, negative_prompt, num_videos_per_prompt, eta, generator, latents, prompt_embeds,
         negative_prompt_embeds, output_type, return_dict, clip_skip, callback_on_step_end,
         callback_on_step_end_tensor_inputs, decode_chunk_size, add_inputs: AddInputs | None = None,
+        ip_adapter_image: Any = None, ip_adapter_image_embeds: Any = None,
     ) -> frames_io.VideoPipelineOutput | Any:
         """The body of ``__call__``; ``add_inputs`` as in ``AnimateDiffPipeline._generate`` (called
         after the video latents are drawn)."""
@@ -106,6 +112,7 @@ class AnimateDiffVideoToVideoPipeline(VideoToVideoMixin, AnimateDiffPipeline):
             prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device, num_frames,
             num_videos_per_prompt,
         )
+        self._add_ip_adapter_inputs(cond, uncond, ip_adapter_image, ip_adapter_image_embeds, num_videos_per_prompt, device)
         batch_size = next(iter(cond.values())).shape[0]
         check_generator(generator, batch_size)
 

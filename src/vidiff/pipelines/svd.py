@@ -7,6 +7,7 @@ Numbers match diffusers' ``StableVideoDiffusionPipeline`` on the same weights an
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -61,6 +62,17 @@ class StableVideoDiffusionPipeline(Pipeline):
     scheduler: AnyScheduler
     feature_extractor: CLIPImageProcessor
 
+    @classmethod
+    def from_single_file(cls, path: str | os.PathLike, **kwargs: Any) -> StableVideoDiffusionPipeline:
+        """Build from an original ``svd.safetensors`` / ``svd_xt.safetensors`` / ``svd_xt_1_1.safetensors``.
+
+        ``config`` (a diffusers SVD folder, or ``{component: config}`` such as
+        ``{"unet": {"num_frames": 14}}`` for the 14-frame SVD), ``dtype``/``torch_dtype``, ``device`` and
+        components as keywords, as in :func:`vidiff.pipelines.single_file.svd_from_single_file`.
+        """
+        from .single_file import svd_from_single_file  # loading helper, kept out of the import block
+
+        return svd_from_single_file(cls, path, **kwargs)
 
     @torch.no_grad()
     def __call__(
