@@ -22,8 +22,10 @@ from .commands import (
     unit_interval,
 )
 from .errors import UsageError
+from .adapters import add_adapter_flags
 from .control_inputs import add_control_flags
 from .long_video import add_long_video_flags
+from .single_files import add_single_file_flags
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -71,12 +73,14 @@ def _add_pipeline_flags(sub: argparse.ArgumentParser, command: Command) -> None:
 
 def _add_model_flags(sub: argparse.ArgumentParser, command: Command) -> None:
     group = sub.add_argument_group("model and hardware")
-    group.add_argument("--model", metavar="ID_OR_FOLDER", help=f"Hub id or local folder (default: {command.default_model})")
+    single = " or single checkpoint file (.safetensors, .ckpt…)" if command.name in ("animatediff", "svd") else ""
+    group.add_argument("--model", metavar="ID_OR_PATH", help=f"Hub id, local folder{single} (default: {command.default_model})")
+    add_single_file_flags(group, command)  # --model-config
     if command.default_motion_adapter:
         group.add_argument(
-            "--motion-adapter", metavar="ID_OR_FOLDER",
-            help=f"MotionAdapter Hub id or folder (default: {command.default_motion_adapter}; "
-            "not needed when --model is a saved AnimateDiff pipeline)",
+            "--motion-adapter", metavar="ID_OR_PATH",
+            help=f"MotionAdapter Hub id, folder or original motion-module file (mm_sd_v15_v2.ckpt…) (default: "
+            f"{command.default_motion_adapter}; not needed when --model is a saved AnimateDiff pipeline)",
         )
     group.add_argument("--revision", metavar="REV", help="Hub branch, tag or commit (default: main)")
     group.add_argument("--variant", metavar="NAME", help="weight variant: auto (fp16 files with --dtype fp16/bf16), none, or a name like fp16 (default: auto)")
@@ -145,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_memory_flags(sub)
         add_long_video_flags(sub, command)
         add_control_flags(sub, command)
+        add_adapter_flags(sub, command)
         _add_run_flags(sub)
         add_common_flags(sub)
     demo = subcommands.add_parser(

@@ -17,7 +17,8 @@ from .. import __version__, loading
 from ..models.base import PretrainedModel
 from ..models.motion_adapter import MotionAdapter, MotionAdapterConfig
 from ..pipelines import memory
-from . import control_inputs, control_reading, limits, long_video, memory_levers, outputs, settings as run_settings
+from . import adapters, control_inputs, control_reading, limits, long_video, memory_levers, outputs, single_files
+from . import settings as run_settings
 from .commands import ANIMATEDIFF_EXPORT_FPS, Command, scheduler_choices
 from .errors import RunError, UsageError
 
@@ -28,6 +29,8 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     """Make the videos ``explicit`` (the typed flags) asks for; return the written paths."""
     settings, recorded = run_settings.merge(command, explicit)
     control_flags = control_inputs.check_flags(command, settings)  # --video, --controlnet, --sparsectrl…
+    single_files.check_flags(command, settings)  # a single-file --model: --model-config, no --revision/--variant
+    adapter_plan = adapters.check_flags(command, settings)  # --lora, --ip-adapter (its image read now)
     image = run_settings.read_image(command, settings) if command.takes_image else None
     if recorded is not None and command.takes_image:
         _warn_if_image_changed(settings["image"], recorded)
@@ -58,6 +61,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
 
     # Offloaded networks load on the CPU (the offload hooks move them); the others straight onto the device.
     pipe = _load(command, settings, dtype, variant, None if levers.offload else device, needs_adapter, control)
+    adapter_record = adapters.apply(pipe, adapter_plan, settings.get("offline") or None)  # before offload hooks and compile
     memory_levers.apply(pipe, levers, bool(settings.get("compile")), device)
     long_video_calls = long_video.apply(pipe, long)
     if settings.get("scheduler") or overrides:
@@ -73,7 +77,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
         call["image"] = image
     if prompt is not None:
         call["prompt"] = long.prompt(prompt)
-    call = control.call_arguments(call)
+    call = adapter_plan.call_arguments(control.call_arguments(call))
     logger.info("generating %d video(s) with %s, seed %d (%s)", videos, type(pipe.scheduler).__name__, seed.value, seed.kind)
     try:
         frames = pipe(**call, generator=seed.generator(), output_type="np").frames  # [B, F, H, W, 3]
@@ -87,6 +91,12 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     if control.flags.video or control.flags.controlnets or control.flags.sparsectrl:
         record["resolved"]["control"] = control.record  # frame count, per-net values, input files' SHA-256
     control_reading.record_arguments(record["arguments"], control)
+    adapters.record_arguments(record["arguments"])
+    if adapter_record:
+        record["resolved"]["adapters"] = adapter_record  # adapter names, weights, sources; the image's SHA-256
+    stamps = single_files.stamp(settings)
+    if stamps:
+        record["resolved"]["single_files"] = stamps  # path, size, mtime (not hashed: see single_files.stamp)
     sidecars = [{**record, "output": {
         "path": str(target.path.absolute()), "format": target.kind, "video_index": target.video_index,
         "videos": videos, "fps": fps,
@@ -111,6 +121,13 @@ def _check_model(command: Command, settings: dict[str, Any]) -> tuple[dict[str, 
     when one is needed), and whether a motion adapter must be loaded: a Stable Diffusion checkpoint
     needs one, a saved AnimateDiff pipeline already holds its modules."""
     model = settings["model"]
+    if single_files.is_single_file(model):
+        networks, needs_adapter = single_files.check_model(command, settings)
+        if needs_adapter:
+            config = _check_adapter(command, settings)
+            if config is not None:  # None: a pickled adapter file, checked while it loads
+                networks["motion_adapter"] = (MotionAdapter, config)
+        return networks, needs_adapter
     try:
         checkpoint = loading.Checkpoint.open(model, revision=settings.get("revision"), local_files_only=settings.get("offline") or None)
         index = checkpoint.read_json("model_index.json")
@@ -128,7 +145,9 @@ def _check_model(command: Command, settings: dict[str, Any]) -> tuple[dict[str, 
         raise RunError(f"cannot load --model {model!r}: {error}") from None
     needs_adapter = bool(command.default_motion_adapter) and (index.get("unet") or [None, None])[1] != "UNetMotionModel"
     if needs_adapter:
-        networks["motion_adapter"] = (MotionAdapter, _check_adapter(command, settings))
+        config = _check_adapter(command, settings)
+        if config is not None:  # None: a pickled adapter file, checked while it loads
+            networks["motion_adapter"] = (MotionAdapter, config)
     return networks, needs_adapter
 
 
@@ -140,9 +159,12 @@ def _check_configs(networks: dict[str, tuple[type, dict[str, Any]]]) -> None:
             model_class.config_class.from_diffusers(config)
 
 
-def _check_adapter(command: Command, settings: dict[str, Any]) -> dict[str, Any]:
-    """Open --motion-adapter and check its config.json before anything loads, like --model; returns it."""
+def _check_adapter(command: Command, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Open --motion-adapter and check its config.json before anything loads, like --model; returns it
+    (a single file: the config its tensors convert to; None for a pickle, which is checked as it loads)."""
     adapter = settings["motion_adapter"]
+    if single_files.is_single_file(adapter):
+        return single_files.check_adapter(adapter)
     try:
         checkpoint = loading.Checkpoint.open(adapter, local_files_only=settings.get("offline") or None)
         config = checkpoint.read_json("config.json")
@@ -183,11 +205,18 @@ def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, varian
         adapter = settings["motion_adapter"]
         logger.info("loading the motion adapter from %s", adapter)
         try:
-            extra["motion_adapter"] = MotionAdapter.from_pretrained(
-                adapter, dtype=dtype, variant=variant, local_files_only=offline, device=device
-            )
+            if single_files.is_single_file(adapter):
+                extra["motion_adapter"] = MotionAdapter.from_single_file(adapter, dtype=dtype, device=device)
+            else:
+                extra["motion_adapter"] = MotionAdapter.from_pretrained(
+                    adapter, dtype=dtype, variant=variant, local_files_only=offline, device=device
+                )
         except (OSError, ValueError, TypeError, KeyError) as error:
             raise RunError(f"cannot load --motion-adapter {adapter!r}: {error}") from error
+    if single_files.is_single_file(model):
+        logger.info("loading %s from the single file %s", pipeline.__name__, model)
+        pipe = single_files.load_pipeline(pipeline, settings, dtype, device, extra)
+        return pipe if device is None else pipe.to(device)
     try:
         logger.info("loading %s from %s", pipeline.__name__, model)
         pipe = pipeline.from_pretrained(model, dtype=dtype, variant=variant, device=device, **source, **extra)
@@ -209,7 +238,7 @@ def _record(command, settings, overrides, seed, device, dtype, variant, pipe, fp
     for flag in command.flags:
         arguments.setdefault(flag.param, command.default(flag.param))
     arguments["scheduler_config"] = overrides
-    for key in ("model", "motion_adapter", "image"):
+    for key in ("model", "motion_adapter", "image", "model_config"):
         value = arguments.get(key)
         if isinstance(value, str) and Path(value).expanduser().exists():
             arguments[key] = str(Path(value).expanduser().resolve())  # reproducible from any folder

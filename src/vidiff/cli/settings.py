@@ -23,6 +23,7 @@ from ..image_loading import load_image
 from ..pipelines.frames import check_image_size
 from .commands import Command, scheduler_choices
 from .errors import UsageError
+from .adapters import defaults as adapter_defaults
 from .control_inputs import defaults as control_defaults
 from .long_video import defaults as long_video_defaults
 from .parser import subcommand_actions
@@ -51,6 +52,7 @@ def defaults(command: Command) -> dict[str, Any]:
     default inside the pipeline)."""
     return {
         "model": command.default_model,
+        **({"model_config": None} if command.name in ("animatediff", "svd") else {}),  # single-file --model
         "motion_adapter": command.default_motion_adapter,
         "revision": None,
         "variant": "auto",
@@ -66,6 +68,7 @@ def defaults(command: Command) -> dict[str, Any]:
         "memory": "off",
         **long_video_defaults(command),  # prompt travel, FreeNoise, context windows, FreeInit: off
         **control_defaults(command),  # video input, ControlNet, SparseCtrl: off (AnimateDiff only)
+        **adapter_defaults(command),  # LoRA, IP-Adapter: none (AnimateDiff only)
     }
 
 
