@@ -228,15 +228,21 @@ def _stored_tensors(path: Path) -> dict[str, StoredTensor]:
     return tensors
 
 
-def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+def unpickle(path: Path, what: str = "weights file") -> Any:
+    """What a pickled weights file holds, read only through ``torch.load(weights_only=True)``.
+
+    A pickle naming any class or function (an object that is not a tensor or plain container) is
+    refused, never run; a damaged one is one ValueError calling it "not a readable PyTorch ``what``".
+    The caller checks the structure (a flat state dict, a nested one, a training checkpoint).
+    """
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # torch says "unsupported GLOBAL <name>" when the pickle names a class or function: an object
         # that is not a tensor. Any other unpickling error is a damaged file, not a security matter.
         refused = re.search(r"GLOBAL (\S+)", str(error), re.IGNORECASE)
         if refused is None:
-            raise ValueError(_corrupt(path, error)) from error
+            raise ValueError(_corrupt(path, error, what)) from error
         raise ValueError(
             f"Refusing to load {path}: it holds objects other than tensors ({refused.group(1)[:80]}), and "
             "vidiff only unpickles plain tensors (torch.load(weights_only=True)) because a pickle can run "
@@ -246,7 +252,11 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         raise  # the file system's own message says it best
     except (EOFError, OSError, RuntimeError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as error:
         # A truncated or overwritten file surfaces as any of these, depending on where it breaks.
-        raise ValueError(_corrupt(path, error)) from error
+        raise ValueError(_corrupt(path, error, what)) from error
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    loaded = unpickle(path)
     if not isinstance(loaded, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
     ):
@@ -260,11 +270,11 @@ def _cut(text: str, limit: int = 120) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _corrupt(path: Path, error: BaseException) -> str:
+def _corrupt(path: Path, error: BaseException, what: str = "weights file") -> str:
     """One line for a pickle that cannot be read: the file, and the first line of torch's reason."""
     text = str(error).split("WeightsUnpickler error:", 1)[-1]
     detail = _cut(text) or "unexpected end of file"
-    return f"{path} is not a readable PyTorch weights file (truncated or corrupt): {type(error).__name__}: {detail}"
+    return f"{path} is not a readable PyTorch {what} (truncated or corrupt): {type(error).__name__}: {detail}"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

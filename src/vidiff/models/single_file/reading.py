@@ -10,9 +10,7 @@ Training checkpoints often wrap the weights as ``{"state_dict": {...}, "global_s
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,21 +61,7 @@ def read_single_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_pickle(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        refused = re.search(r"GLOBAL (\S+)", str(error), re.IGNORECASE)
-        if refused is None:
-            raise ValueError(f"{file} is not a readable PyTorch checkpoint (truncated or corrupt): {_first_line(error)}") from error
-        raise ValueError(
-            f"Refusing to load {file}: it holds objects other than tensors ({refused.group(1)[:80]}), and "
-            "vidiff unpickles only tensors and plain containers (torch.load(weights_only=True)) because a "
-            "pickle can run arbitrary code. Convert the file to safetensors with a tool you trust."
-        ) from error
-    except (EOFError, OSError, RuntimeError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as error:
-        if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            raise
-        raise ValueError(f"{file} is not a readable PyTorch checkpoint (truncated or corrupt): {_first_line(error)}") from error
+    loaded = weight_files.unpickle(file, "checkpoint")  # weights_only: a pickle naming code is refused
     # Lightning / LDM training checkpoints: {"state_dict": {...}, "epoch": …, "global_step": …}.
     while isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
@@ -87,12 +71,6 @@ def _read_pickle(file: Path) -> dict[str, torch.Tensor]:
     if bad:
         raise ValueError(f"{file} holds entries that are not named tensors: {', '.join(bad[:5])}")
     return dict(loaded)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).split("WeightsUnpickler error:", 1)[-1].strip()
-    line = (text.splitlines() or [""])[0]
-    return f"{type(error).__name__}: {line[:160]}"
 
 
 def describe_layout(keys: Any) -> str:
