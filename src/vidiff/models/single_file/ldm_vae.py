@@ -12,7 +12,8 @@ SVD's temporal decoder shares the encoder half and most of this table (see :mod:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .rules import RenameTable, conv1x1_to_linear
 
@@ -58,3 +59,17 @@ def vae_table(keys: Iterable[str], extra_pairs: Iterable[tuple[str, str | None]]
     keys = list(keys)
     pairs = [*extra_pairs, *STEM_PAIRS, *MID_BLOCK_PAIRS, *ENCODER_PAIRS, *decoder_pairs(keys)]
     return RenameTable.of("LDM VAE", pairs, complete=True)
+
+
+def encoder_config(converted: Mapping[str, Any]) -> dict[str, Any]:
+    """The config keys a VAE's diffusers-named encoder tensors fix (SD's and SVD's VAE alike): stage
+    widths, resnets per stage, down-block types, image channels in and out."""
+    stages = sorted({int(m.group(1)) for k in converted if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))})
+    layers = {int(m.group(1)) for k in converted if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k))}
+    return {
+        "block_out_channels": [int(converted[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in stages],
+        "layers_per_block": len(layers),
+        "down_block_types": ["DownEncoderBlock2D"] * len(stages),
+        "in_channels": int(converted["encoder.conv_in.weight"].shape[1]),
+        "out_channels": int(converted["decoder.conv_out.weight"].shape[0]),
+    }

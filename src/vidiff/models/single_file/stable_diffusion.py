@@ -101,17 +101,9 @@ def convert_vae(state: Mapping[str, Any], source: str) -> tuple[dict[str, Any], 
     converted = convert_state_dict(
         state, [ldm_vae.vae_table(state), ldm_vae.RESNET_NAMES], source=source, transforms=ldm_vae.TRANSFORMS
     )
-    stages = sorted({int(m.group(1)) for k in converted if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))})
-    layers = {int(m.group(1)) for k in converted if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k))}
-    derived = {
-        "block_out_channels": [int(converted[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in stages],
-        "layers_per_block": len(layers),
-        "down_block_types": ["DownEncoderBlock2D"] * len(stages),
-        "up_block_types": ["UpDecoderBlock2D"] * len(stages),
-        "in_channels": int(converted["encoder.conv_in.weight"].shape[1]),
-        "out_channels": int(converted["decoder.conv_out.weight"].shape[0]),
-        "latent_channels": int(converted["post_quant_conv.weight"].shape[0]),
-    }
+    derived = ldm_vae.encoder_config(converted)
+    derived["up_block_types"] = ["UpDecoderBlock2D"] * len(derived["block_out_channels"])
+    derived["latent_channels"] = int(converted["post_quant_conv.weight"].shape[0])
     return converted, derived
 
 

@@ -164,16 +164,8 @@ def convert_vae(state: Mapping[str, Any], source: str) -> tuple[dict[str, Any], 
     converted = convert_state_dict(
         state, [table, VAE_DECODER_INNER, ldm_vae.RESNET_NAMES], source=source, transforms=ldm_vae.TRANSFORMS
     )
-    stages = sorted({int(m.group(1)) for k in converted if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))})
-    layers = {int(m.group(1)) for k in converted if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k))}
-    derived = {
-        "block_out_channels": [int(converted[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in stages],
-        "layers_per_block": len(layers),
-        "down_block_types": ["DownEncoderBlock2D"] * len(stages),
-        "in_channels": int(converted["encoder.conv_in.weight"].shape[1]),
-        "out_channels": int(converted["decoder.conv_out.weight"].shape[0]),
-        "latent_channels": int(converted["decoder.conv_in.weight"].shape[1]),
-    }
+    derived = ldm_vae.encoder_config(converted)
+    derived["latent_channels"] = int(converted["decoder.conv_in.weight"].shape[1])
     return converted, derived
 
 
