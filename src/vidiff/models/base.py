@@ -80,14 +80,29 @@ class PretrainedModel(nn.Module):
     ) -> M:
         """Load from an opened :class:`~vidiff.loading.Checkpoint` (used by pipelines); ``dtype=None``
         means float32, as in :meth:`from_pretrained`."""
-        dtype = loading.pick_dtype(dtype, None)
         raw = checkpoint.read_json(loading.join(subfolder, "config.json"))
-        with torch.device("meta"):
-            model = cls.from_config(raw)
         # Handles, not tensors: the strict load reads, casts and places one tensor at a time.
         state = checkpoint.open_state_dict(subfolder, variant=variant, weights_name=cls.weights_name)
         state = cls.rename_legacy_keys(state)
         source = checkpoint.weights_source(subfolder, variant=variant, weights_name=cls.weights_name)
+        return cls.from_state(raw, state, source=source, dtype=dtype, device=device)
+
+    @classmethod
+    def from_state(
+        cls: type[M],
+        config: Any,
+        state: Mapping[str, Any],
+        *,
+        source: str,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> M:
+        """Build from ``config`` on the meta device, then load ``state`` (tensors or lazy handles, in
+        this model's names) strictly into it, cast to ``dtype`` (default float32) and placed on
+        ``device`` (default CPU); ``source`` names the weights in error messages."""
+        dtype = loading.pick_dtype(dtype, None)
+        with torch.device("meta"):
+            model = cls.from_config(config)
         loading.load_state_dict_strict(
             model, state, dtype=dtype, device=device, ignore_unexpected=cls.ignored_checkpoint_keys, source=source
         )

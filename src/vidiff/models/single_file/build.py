@@ -50,14 +50,7 @@ def build_strict(
     torch_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> M:
-    """``model_class`` built from ``config`` on the meta device, then ``state`` loaded strictly into it
+    """``model_class.from_state``: built from ``config`` on the meta device, ``state`` loaded strictly
     (cast to ``dtype``/``torch_dtype``, default float32, and placed on ``device``, default CPU)."""
     dtype = loading.pick_dtype(dtype, torch_dtype)
-    with torch.device("meta"):
-        model = model_class.from_config(config)  # type: ignore[attr-defined]
-    loading.load_state_dict_strict(
-        model, state, dtype=dtype, device=device,
-        ignore_unexpected=model_class.ignored_checkpoint_keys,  # type: ignore[attr-defined]
-        source=source,
-    )
-    return model.eval()  # type: ignore[attr-defined]
+    return model_class.from_state(config, state, source=source, dtype=dtype, device=device)  # type: ignore[attr-defined]
