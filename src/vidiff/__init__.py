@@ -4,6 +4,7 @@ Public API::
 
     from vidiff import StableVideoDiffusionPipeline, I2VGenXLPipeline, AnimateDiffPipeline, MotionAdapter, DDIMScheduler
     from vidiff import AnimateDiffVideoToVideoPipeline, AnimateDiffControlNetPipeline, ControlNetModel
+    from vidiff import WanPipeline, WanImageToVideoPipeline, UniPCMultistepScheduler
     from vidiff import load_image, export_to_video, export_to_gif
 """
 
@@ -14,8 +15,10 @@ from .schedulers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     LCMScheduler,
     PNDMScheduler,
+    UniPCMultistepScheduler,
 )
 from .image_processing import CLIPImageProcessor
 from .control_frames import canny_frames
@@ -26,10 +29,13 @@ from .models.controlnet_sparsectrl import SparseControlNetModel
 from .models.motion_adapter import MotionAdapter
 from .models.unet_i2vgen_xl import I2VGenXLUNet
 from .models.unet_2d import UNet2DConditionModel
+from .models.umt5 import UMT5EncoderModel
 from .models.unet_motion import UNetMotionModel
 from .models.unet_svd import UNetSpatioTemporalConditionModel
 from .models.vae_kl import AutoencoderKL
 from .models.vae_temporal import AutoencoderKLTemporalDecoder
+from .models.wan_vae import AutoencoderKLWan
+from .models.wan_transformer import WanTransformer3DModel
 from .pipelines.animatediff import AnimateDiffPipeline
 from .pipelines.animatediff_controlnet import AnimateDiffControlNetPipeline, AnimateDiffVideoToVideoControlNetPipeline
 from .pipelines.animatediff_sparsectrl import AnimateDiffSparseControlNetPipeline
@@ -37,7 +43,9 @@ from .pipelines.animatediff_video2video import AnimateDiffVideoToVideoPipeline
 from .pipelines.frames import VideoPipelineOutput
 from .pipelines.i2vgen_xl import I2VGenXLPipeline
 from .pipelines.svd import StableVideoDiffusionPipeline
-from .tokenizer import CLIPTokenizer
+from .pipelines.wan import WanPipeline
+from .pipelines.wan_i2v import WanImageToVideoPipeline
+from .tokenizer import CLIPTokenizer, T5TokenizerFast
 
 __all__ = [
     "AnimateDiffControlNetPipeline",
@@ -47,6 +55,7 @@ __all__ = [
     "AnimateDiffVideoToVideoPipeline",
     "AutoencoderKL",
     "AutoencoderKLTemporalDecoder",
+    "AutoencoderKLWan",
     "CLIPImageProcessor",
     "CLIPTextModel",
     "CLIPTokenizer",
@@ -56,6 +65,7 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
+    "FlowMatchEulerDiscreteScheduler",
     "I2VGenXLPipeline",
     "I2VGenXLUNet",
     "LCMScheduler",
@@ -64,10 +74,16 @@ __all__ = [
     "PNDMScheduler",
     "SparseControlNetModel",
     "StableVideoDiffusionPipeline",
+    "T5TokenizerFast",
     "UNet2DConditionModel",
+    "UMT5EncoderModel",
     "UNetMotionModel",
     "UNetSpatioTemporalConditionModel",
+    "UniPCMultistepScheduler",
     "VideoPipelineOutput",
+    "WanImageToVideoPipeline",
+    "WanPipeline",
+    "WanTransformer3DModel",
     "canny_frames",
     "export_to_gif",
     "export_to_video",

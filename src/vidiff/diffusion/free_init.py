@@ -108,3 +108,10 @@ def diffuse_vp(sample: Tensor, noise: Tensor, alpha_cumprod: Tensor) -> Tensor:
 def diffuse_ve(sample: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
     """``sample + noise·σ`` (a σ-space scheduler's ``add_noise``), σ in the sample's dtype."""
     return sample + noise * sigma.to(device=sample.device, dtype=sample.dtype)
+
+
+def diffuse_flow(sample: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    """``(1 − t)·sample + t·noise``, the flow-matching forward process (a flow scheduler's
+    ``scale_noise`` / ``add_noise``), t in the sample's dtype; ``t`` is 0-dim or broadcastable."""
+    t = t.to(device=sample.device, dtype=sample.dtype)
+    return (1 - t) * sample + t * noise

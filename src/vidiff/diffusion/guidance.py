@@ -99,3 +99,55 @@ class FrameRampGuidance:
             )
         scale = self.scales(cond)
         return uncond + scale * (cond - uncond)
+
+
+@dataclass(frozen=True)
+class SwitchedGuidance:
+    """One guidance rule at timesteps ≥ ``boundary``, another below (Wan 2.2's two experts: the
+    high-noise expert with ``guidance_scale``, the low-noise one with ``guidance_scale_2``).
+
+    The loop asks :meth:`at_timestep` for each step's rule. Which branches run is decided once for
+    the whole run, by ``high`` (the reference runs the unconditional branch whenever the first
+    scale is > 1, and never otherwise); below the boundary ``low`` then combines them, with the
+    plain linear formula even at a scale ≤ 1 (as the reference computes it).
+    """
+
+    high: Guidance
+    low: Guidance
+    boundary: float  # in the network's timestep units (boundary_ratio · num_train_timesteps)
+
+    @property
+    def needs_uncond(self) -> bool:
+        return self.high.needs_uncond
+
+    def at_timestep(self, timestep: Tensor) -> Guidance:
+        """The rule of the step whose network timestep is ``timestep`` (0-dim)."""
+        if float(timestep) >= self.boundary:
+            return self.high
+        if isinstance(self.low, ClassifierFreeGuidance) and self.needs_uncond:
+            return _LinearGuidance(self.low.scale)
+        return self.low
+
+    def combine(self, uncond: Tensor, cond: Tensor) -> Tensor:
+        raise TypeError("SwitchedGuidance combines per step: call at_timestep(t).combine(...)")
+
+
+@dataclass(frozen=True)
+class _LinearGuidance:
+    """uncond + scale·(cond − uncond) at any scale (both branches always run)."""
+
+    scale: float
+
+    @property
+    def needs_uncond(self) -> bool:
+        return True
+
+    def combine(self, uncond: Tensor, cond: Tensor) -> Tensor:
+        return uncond + self.scale * (cond - uncond)
+
+
+def at_timestep(guidance: Guidance, timestep: Tensor) -> Guidance:
+    """The rule a step at ``timestep`` uses: rules that change along the plan (those with an
+    ``at_timestep`` method, e.g. :class:`SwitchedGuidance`) pick one; the others are themselves."""
+    select = getattr(guidance, "at_timestep", None)
+    return guidance if select is None else select(timestep)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
-from .guidance import Guidance, NoGuidance
+from .guidance import Guidance, NoGuidance, at_timestep
 from .noise import NoiseSource
 from .parameterization import Parameterization
 from .plan import SamplingPlan, advance
@@ -78,12 +78,13 @@ def sample(
         if before_step is not None:
             before_step(index)
         timestep, sigma = plan.timesteps[index], plan.sigmas[index]
-        output = _guided_output(network, x, sigma, timestep, inputs, plan.parameterization, guidance)
+        rule = at_timestep(guidance, timestep)  # Wan 2.2: each expert its own scale
+        output = _guided_output(network, x, sigma, timestep, inputs, plan.parameterization, rule, guidance.needs_uncond)
         context = StepContext(
             sigmas=plan.sigmas,
             index=index,
             history=history,
-            denoise=_extra_denoise(network, inputs, plan.parameterization, guidance, output.dtype),
+            denoise=_extra_denoise(network, inputs, plan.parameterization, rule, guidance.needs_uncond, output.dtype),
             noise=noise,
             alphas_cumprod=plan.alphas_cumprod,
         )
@@ -116,15 +117,18 @@ def _guided_output(
     inputs: Mapping[str, Tensor],
     parameterization: Parameterization,
     guidance: Guidance,
+    both_branches: bool,
 ) -> Tensor:
-    """One network call at (x, σ) and the guidance combine; the raw output's dtype and x's shape."""
+    """One network call at (x, σ) and the guidance combine; the raw output's dtype and x's shape.
+
+    ``both_branches``: whether ``inputs`` hold ``[uncond, cond]`` (decided once per run)."""
     x_in = parameterization.scale_input(x, sigma)  # [B, C, F, H, W], x's dtype
-    if guidance.needs_uncond:
+    if both_branches:
         x_in = torch.cat([x_in, x_in])  # [2B, ...]: unconditional half first
     output = network(x_in, timestep, inputs)
     if output.shape != x_in.shape:
         raise ValueError(f"the network returned {list(output.shape)} for an input of {list(x_in.shape)}")
-    if guidance.needs_uncond:
+    if both_branches:
         return guidance.combine(*output.chunk(2))
     return output
 
@@ -134,13 +138,14 @@ def _extra_denoise(
     inputs: Mapping[str, Tensor],
     parameterization: Parameterization,
     guidance: Guidance,
+    both_branches: bool,
     dtype: torch.dtype,
 ) -> Denoise:
     """D(x, σ) at any σ, for steppers that evaluate the model more than once per step (Heun)."""
 
     def denoise(x32: Tensor, sigma: Tensor) -> Tensor:
         timestep = parameterization.timestep(sigma.reshape(1))[0].to(x32.device)
-        output = _guided_output(network, x32.to(dtype), sigma, timestep, inputs, parameterization, guidance)
+        output = _guided_output(network, x32.to(dtype), sigma, timestep, inputs, parameterization, guidance, both_branches)
         return parameterization.denoised(output, x32, sigma)
 
     return denoise

@@ -1,12 +1,16 @@
 """How a network's raw output and timestep input relate to the sample being denoised.
 
-Two sample spaces (``Parameterization.space``):
+Three sample spaces (``Parameterization.space``):
 
 * ``"ve"``: ``x = x0 + σ·ε``. The network sees ``c_in(σ)·x = x / sqrt(σ² + 1)`` and a timestep
   ``c_noise(σ)`` (Karras et al. 2022, Table 1, "VP"/"EDM" columns). Euler-type samplers live here.
 * ``"vp"``: ``x = sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε``, the DDPM sample itself, with ᾱ = 1 / (σ² + 1). The
   network sees ``x`` unscaled. DDIM and LCM step here, with ᾱ read from the float32 training
   table, and ᾱ = 0 (σ = ∞, zero terminal SNR) stays finite: v-prediction gives x̂0 = −v, ε̂ = x.
+* ``"flow"``: ``x = (1 − t)·x0 + t·ε`` (rectified flow / flow matching, Lipman et al. 2023), with
+  t ∈ [0, 1] stored as the plan's "σ". The network sees ``x`` unscaled and predicts the velocity
+  ``v = ε − x0`` (``"flow_prediction"``), so x̂0 = x − t·v; it is told ``t·num_train_timesteps``
+  (:class:`FlowTimesteps`). Wan and the other flow-matching video models sample here.
 
 A :class:`Parameterization` bundles the space, the prediction type (ε, v or x0) and the timestep
 map, so that the loop can turn any network into the denoiser ``D(x, σ) → x̂0`` the steppers use.
@@ -26,10 +30,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-Prediction = Literal["epsilon", "v_prediction", "sample"]
+Prediction = Literal["epsilon", "v_prediction", "sample", "flow_prediction"]
+# What DDPM-trained (VE / VP) networks predict; "flow_prediction" (the velocity ε − x0) belongs to
+# the flow space, where ε and x0 predictions also have a form.
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
-Space = Literal["ve", "vp"]
-SPACES = ("ve", "vp")
+FLOW_PREDICTIONS = ("flow_prediction", "epsilon", "sample")
+Space = Literal["ve", "vp", "flow"]
+SPACES = ("ve", "vp", "flow")
 
 
 class TimestepMap(Protocol):
@@ -75,14 +82,36 @@ class ContinuousTimesteps:
         return 0.25 * sigmas.to(torch.float32).log()
 
 
+@dataclass(frozen=True)
+class FlowTimesteps:
+    """A flow-matching network's timestep: t·num_train_timesteps for the flow time t ∈ [0, 1].
+
+    ``truncate=False``: the float32 product, fed unrounded (FlowMatchEulerDiscreteScheduler).
+    ``truncate=True``: cut to a whole number, as UniPCMultistepScheduler casts its timesteps to
+    int64 (it truncates the float64 product; from a float32 t the cut can differ where t·T lies
+    within a float32 ulp of a whole number, so schedulers put their exact timesteps in the plan).
+    """
+
+    num_train_timesteps: int = 1000
+    truncate: bool = False
+
+    def __call__(self, sigmas: Tensor) -> Tensor:
+        """[N] flow t → [N] float32 timesteps."""
+        if self.truncate:
+            return (sigmas.to(torch.float64) * self.num_train_timesteps).to(torch.int64).to(torch.float32)
+        return sigmas.to(torch.float32) * self.num_train_timesteps
+
+
 @dataclass(frozen=True, eq=False)
 class Parameterization:
     """What the network predicts, what timestep it sees, and which sample space the loop keeps.
 
     ``prediction``: ``"epsilon"`` (the noise), ``"v_prediction"`` (v = α·ε − σ_VP·x0, Salimans & Ho
-    2022) or ``"sample"`` (x0 itself). ``space``: ``"ve"`` (the default; the network input is
-    ``x / sqrt(σ² + 1)``, the VE sample rescaled to the unit-variance sample the network was trained
-    on) or ``"vp"`` (the sample already is that, so the input is ``x`` itself).
+    2022), ``"sample"`` (x0 itself) or, in flow space only, ``"flow_prediction"`` (the velocity
+    ε − x0). ``space``: ``"ve"`` (the default; the network input is ``x / sqrt(σ² + 1)``, the VE
+    sample rescaled to the unit-variance sample the network was trained on), ``"vp"`` (the sample
+    already is that, so the input is ``x`` itself) or ``"flow"`` (input ``x`` itself; σ is the flow
+    time t).
     """
 
     prediction: Prediction
@@ -90,21 +119,24 @@ class Parameterization:
     space: Space = "ve"
 
     def __post_init__(self) -> None:
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {list(PREDICTIONS)}, got {self.prediction!r}")
+        if self.prediction not in (*PREDICTIONS, "flow_prediction"):
+            raise ValueError(f"prediction must be one of {[*PREDICTIONS, 'flow_prediction']}, got {self.prediction!r}")
         if self.space not in SPACES:
             raise ValueError(f"space must be one of {list(SPACES)}, got {self.space!r}")
+        valid = FLOW_PREDICTIONS if self.space == "flow" else PREDICTIONS
+        if self.prediction not in valid:
+            raise ValueError(f"prediction must be one of {list(valid)} in {self.space!r} space, got {self.prediction!r}")
 
     def timestep(self, sigmas: Tensor) -> Tensor:
         """σ [N] → the timesteps [N] the network is given."""
         return self.timestep_map(sigmas)
 
     def scale_input(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """The network input: ``x / sqrt(σ² + 1)`` in VE space, ``x`` itself in VP space.
+        """The network input: ``x / sqrt(σ² + 1)`` in VE space, ``x`` itself in VP and flow space.
 
         In ``x``'s dtype; σ is a 0-dim float32 tensor.
         """
-        if self.space == "vp":
+        if self.space in ("vp", "flow"):
             return x
         return x / ((sigma**2 + 1) ** 0.5)
 
@@ -117,7 +149,10 @@ class Parameterization:
 
         VP space: see :func:`vp_denoised`. ``alpha_cumprod`` is the exact float32 ᾱ of this noise
         level (a plan's table value); without it ᾱ = 1 / (σ² + 1), exact only up to rounding.
+        Flow space (σ = t): see :func:`flow_denoised`.
         """
+        if self.space == "flow":
+            return flow_denoised(self.prediction, output, x, sigma)
         if self.space == "vp":
             return vp_denoised(self.prediction, output, x, _alpha_cumprod(sigma, alpha_cumprod))
         if self.prediction == "epsilon":
@@ -162,3 +197,15 @@ def vp_noise(prediction: Prediction, output: Tensor, x: Tensor, alpha_cumprod: T
 def noise_from_denoised(denoised: Tensor, x: Tensor, alpha_cumprod: Tensor) -> Tensor:
     """ε̂ = (x − sqrt(ᾱ)·x̂0) / sqrt(1 − ᾱ): the noise a given x̂0 implies at the VP sample ``x``."""
     return (x - alpha_cumprod**0.5 * denoised) / (1 - alpha_cumprod) ** 0.5
+
+
+# ---------------------------------------------------------------------------- flow-space formulas
+# x = (1 − t)·x0 + t·ε, v = dx/dt = ε − x0. ``t`` is a 0-dim float32 tensor; the t·output product
+# stays in the output's dtype before meeting the float32 sample, as the reference schedulers round.
+def flow_denoised(prediction: Prediction, output: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    """x̂0 in flow space. velocity: x − t·v; ε: (x − t·ε)/(1 − t) (infinite at t = 1); sample: x0."""
+    if prediction == "flow_prediction":
+        return x - t * output
+    if prediction == "epsilon":
+        return (x - t * output) / (1 - t)
+    return output

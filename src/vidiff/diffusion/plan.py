@@ -9,7 +9,8 @@ it cannot honour. :func:`advance` is the single step body shared by the loop and
 Sample spaces: a plan's sample is VE (``x = x0 + σ·ε``) or VP (``x = sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε``);
 each stepper declares the spaces its formulas are written for and a plan refuses any other
 pairing. :func:`plan_in_space` runs a stepper on the other space's sample by converting around
-each step (x_vp = x_ve·sqrt(ᾱ), ᾱ = 1/(σ² + 1)): the same numbers up to rounding.
+each step (x_vp = x_ve·sqrt(ᾱ), ᾱ = 1/(σ² + 1)): the same numbers up to rounding. Flow-space
+plans (``x = (1 − t)·x0 + t·ε``, σ = t) run only flow steppers; they have no conversion yet.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class PlanRequest:
     network's convention (its prediction type and σ → timestep map; its ``space`` is not read),
     when it is not the scheduler config's (SVD: v-prediction with ¼·ln σ timesteps).
     ``original_inference_steps`` (LCM) and ``use_clipped_model_output`` (DDIM) are options of one
-    scheduler each.
+    scheduler each; ``mu`` is the resolution-dependent shift of the flow-matching schedulers
+    configured with ``use_dynamic_shifting``.
     """
 
     num_inference_steps: int | None = None
@@ -51,10 +53,11 @@ class PlanRequest:
     network: Parameterization | None = None
     original_inference_steps: int | None = None
     use_clipped_model_output: bool | None = None
+    mu: float | None = None
 
     # Options a scheduler must declare it honours; the others (step count, device, network) every
     # scheduler takes.
-    OPTIONS = ("sigmas", "timesteps", "eta", "strength", "original_inference_steps", "use_clipped_model_output")
+    OPTIONS = ("sigmas", "timesteps", "eta", "strength", "original_inference_steps", "use_clipped_model_output", "mu")
 
     def given(self) -> tuple[str, ...]:
         """The names of :attr:`OPTIONS` this request sets (not None)."""
@@ -128,13 +131,15 @@ def advance(
 
     x̂0 comes from the float32 sample at ``context.sigma`` (with the context's exact ᾱ when it has
     a table), the stepper moves the float32 sample, and the result is cast to the output's dtype,
-    as the reference schedulers round.
+    as the reference schedulers round; a stepper with ``keeps_sample_dtype`` (UniPC, whose reference
+    returns the sample's dtype) gives the result in the sample's dtype instead.
     """
     x = sample.to(torch.float32)
     alpha = None if context.alphas_cumprod is None else context.alpha_cumprod
     denoised = parameterization.denoised(output, x, context.sigma, alpha)
     stepped = stepper(x, denoised, dataclasses.replace(context, output=output))
-    return StepResult(stepped.sample.to(output.dtype), denoised, stepped.history)
+    dtype = sample.dtype if getattr(stepper, "keeps_sample_dtype", False) else output.dtype
+    return StepResult(stepped.sample.to(dtype), denoised, stepped.history)
 
 
 # ---------------------------------------------------------------------------- plan transforms
@@ -181,6 +186,8 @@ def plan_in_space(plan: SamplingPlan, space: str) -> SamplingPlan:
     current = plan.parameterization.space
     if space == current:
         return plan
+    if "flow" in (space, current):
+        raise ValueError(f"a {current!r}-space plan cannot be converted to {space!r} space: flow plans run flow steppers only")
     alphas = _alphas(plan)
     if not alphas[0] > 0:
         raise ValueError("this plan starts at σ = ∞ (ᾱ = 0, zero terminal SNR): it has no VE-space form")
@@ -205,6 +212,10 @@ class Offset:
     @property
     def spaces(self) -> frozenset[str]:
         return self.inner.spaces
+
+    @property
+    def keeps_sample_dtype(self) -> bool:
+        return getattr(self.inner, "keeps_sample_dtype", False)
 
     def __call__(self, x: Tensor, denoised: Tensor, step: StepContext) -> StepOutput:
         full = dataclasses.replace(

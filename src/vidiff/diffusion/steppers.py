@@ -4,9 +4,10 @@ A stepper is a pure function ``(x, denoised, step) -> StepOutput``:
 
 * ``x``: the sample at ``step.sigma``, float32, in the plan's space: VE (``x = x0 + σ·ε``) for
   Euler-type steppers, VP (``x = sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε``, with the plan's exact ᾱ table in
-  ``step.alphas_cumprod``) for DDIM, LCM and PLMS (:mod:`vidiff.diffusion.steppers_vp`). Each
-  stepper declares its ``spaces``; :func:`~vidiff.diffusion.plan.plan_in_space` runs it on the
-  other space's sample;
+  ``step.alphas_cumprod``) for DDIM, LCM and PLMS (:mod:`vidiff.diffusion.steppers_vp`), flow
+  (``x = (1 − t)·x0 + t·ε``, σ = t) for flow matching (:mod:`~vidiff.diffusion.steppers_flow`,
+  :mod:`~vidiff.diffusion.steppers_unipc`). Each stepper declares its ``spaces``;
+  :func:`~vidiff.diffusion.plan.plan_in_space` runs a VE one on the VP sample and back;
 * ``denoised``: x̂0 = D(x, σ_i), already evaluated by the loop (with guidance applied);
 * ``step``: a :class:`StepContext` with the whole σ schedule and index, whatever the previous step
   left in ``history``, a ``denoise`` callable for solvers that evaluate the model again, a

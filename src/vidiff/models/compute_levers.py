@@ -23,6 +23,7 @@ from ..layers.resnet import ResBlock2D
 from ..layers.temporal import SpatioTemporalResBlock, TemporalBasicTransformerBlock, TemporalResnetBlock
 from ..layers.transformer import BasicTransformerBlock
 from .unet_i2vgen_xl_blocks import TemporalConvStack
+from .wan_transformer_blocks import WanAttention, WanTransformerBlock
 
 # The blocks a UNet repeats in every stage; compiled as units. An outer one (SpatioTemporalResBlock)
 # is compiled whole and its inner blocks are not visited again.
@@ -33,15 +34,18 @@ REPEATED_BLOCKS: tuple[type[nn.Module], ...] = (
     ResBlock2D,
     TemporalResnetBlock,
     TemporalConvStack,
+    WanTransformerBlock,
 )
 
 
-def denoiser_of(pipeline: Any) -> nn.Module:
-    """The pipeline's denoising network (``unet``), or a TypeError saying it has none."""
-    network = getattr(pipeline, "unet", None)
-    if not isinstance(network, nn.Module):
-        raise TypeError(f"{type(pipeline).__name__} has no `unet` network to apply a compute lever to")
-    return network
+def denoisers_of(pipeline: Any) -> list[nn.Module]:
+    """The pipeline's denoising networks (``unet``, or Wan's ``transformer`` and ``transformer_2``),
+    or a TypeError saying it has none."""
+    networks = [getattr(pipeline, name, None) for name in ("unet", "transformer", "transformer_2")]
+    networks = [network for network in networks if isinstance(network, nn.Module)]
+    if not networks:
+        raise TypeError(f"{type(pipeline).__name__} has no `unet` or `transformer` network to apply a compute lever to")
+    return networks
 
 
 def repeated_blocks(network: nn.Module) -> Iterator[nn.Module]:
@@ -93,7 +97,7 @@ def clear_forward_chunking(network: nn.Module) -> int:
 def _set_chunking(network: nn.Module, chunking: Chunking | None) -> int:
     count = 0
     for module in network.modules():
-        if isinstance(module, (Attention, FeedForward)):
+        if isinstance(module, (Attention, WanAttention, FeedForward)):
             module.chunking = chunking
             count += 1
     return count

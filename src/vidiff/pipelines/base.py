@@ -53,8 +53,13 @@ class Pipeline(ContextWindowsMixin, FreeInitMixin):
     model_cpu_offload_seq: ClassVar[str] = "text_encoder->image_encoder->unet->vae"
     # Set while CPU offload is on (see offload.py); None otherwise.
     _offloader: offload.Offloader | None = None
+    # Settings a checkpoint's model_index.json holds beside its components (Wan: ``boundary_ratio``,
+    # ``expand_timesteps``), with their defaults; passed to ``__init__`` and saved back.
+    options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, **components: Any) -> None:
+        settings = {name: components.pop(name, default) for name, default in self.options.items()}
+        self._options = settings
         expected = set(self.components)
         required = expected - self.optional_components
         if not required <= set(components) <= expected:
@@ -85,8 +90,10 @@ class Pipeline(ContextWindowsMixin, FreeInitMixin):
         ``dtype`` (alias ``torch_dtype``) casts every network's weights (default: float32 for all of
         them, whatever the files store, as in diffusers); ``variant="fp16"`` picks ``*.fp16.*`` weight
         files where a component has them and its default files elsewhere; components passed as keyword
-        arguments (``unet=my_unet``) replace the stored ones and are neither loaded nor cast.
+        arguments (``unet=my_unet``) replace the stored ones and are neither loaded nor cast; so do
+        the pipeline's :attr:`options` (Wan: ``boundary_ratio=0.9``) replace those of model_index.json.
         """
+        settings = {name: components.pop(name) for name in list(components) if name in cls.options}
         unknown = sorted(set(components) - set(cls.components))
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained got unknown argument(s) {unknown}; components are {sorted(cls.components)}")
@@ -102,7 +109,8 @@ class Pipeline(ContextWindowsMixin, FreeInitMixin):
                 f"{checkpoint.name} is not a pipeline checkpoint: it has no model_index.json. A diffusers-layout "
                 f"checkpoint folder holds model_index.json and one subfolder per component ({', '.join(cls.components)})"
             ) from err
-        loaded = {}
+        loaded = {name: index[name] for name in cls.options if name in index}
+        loaded.update(settings)  # the caller's settings win over the checkpoint's
         for name, classes in cls.components.items():
             if name in components:
                 loaded[name] = components[name]
@@ -176,7 +184,7 @@ class Pipeline(ContextWindowsMixin, FreeInitMixin):
 
     def _write_checkpoint(self, directory: Path, variant: str | None) -> None:
         directory.mkdir()
-        index: dict[str, Any] = {"_class_name": type(self).__name__, "_vidiff_version": __version__}
+        index: dict[str, Any] = {"_class_name": type(self).__name__, "_vidiff_version": __version__, **self._options}
         for name in self.components:
             component = getattr(self, name)
             if component is None:
@@ -275,16 +283,19 @@ class Pipeline(ContextWindowsMixin, FreeInitMixin):
         first call's warm-up stays short. Options (``mode``, ``dynamic``, ``fullgraph``, ``backend``)
         go to ``torch.compile``. Weights, ``state_dict()`` and ``.to()`` are unaffected.
         """
-        compute_levers.compile_repeated_blocks(compute_levers.denoiser_of(self), **torch_compile_options)
+        for network in compute_levers.denoisers_of(self):
+            compute_levers.compile_repeated_blocks(network, **torch_compile_options)
 
     def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0) -> None:
         """Run the denoiser's feed-forward and attention layers on slices of ``chunk_size`` rows
         (None: 1) along ``dim`` (0: the batch of sequences, 1: tokens / queries): less memory, same result."""
-        compute_levers.set_forward_chunking(compute_levers.denoiser_of(self), chunk_size, dim)
+        for network in compute_levers.denoisers_of(self):
+            compute_levers.set_forward_chunking(network, chunk_size, dim)
 
     def disable_forward_chunking(self) -> None:
         """Undo :meth:`enable_forward_chunking`."""
-        compute_levers.clear_forward_chunking(compute_levers.denoiser_of(self))
+        for network in compute_levers.denoisers_of(self):
+            compute_levers.clear_forward_chunking(network)
 
     # ------------------------------------------------------------------ CPU offload (offload.py)
     def enable_model_cpu_offload(self, device: torch.device | str | int | None = None) -> None:

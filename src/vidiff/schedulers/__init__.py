@@ -8,6 +8,8 @@ from .dpmsolver_multistep import DPMSolverMultistepConfig, DPMSolverMultistepSch
 from .ddim import DDIMConfig, DDIMScheduler
 from .lcm import LCMConfig, LCMScheduler, LCMStepOutput
 from .pndm import PNDMConfig, PNDMScheduler
+from .flow_match_euler_discrete import FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler
+from .unipc_multistep import UniPCMultistepConfig, UniPCMultistepScheduler
 
 __all__ = ["EulerDiscreteConfig", "EulerDiscreteScheduler", "Scheduler", "SchedulerStepOutput"]
 __all__ += ["DDIMConfig", "DDIMScheduler", "LCMConfig", "LCMScheduler", "LCMStepOutput"]
@@ -27,3 +29,10 @@ AnyScheduler = (
     | LCMScheduler | PNDMScheduler
 )
 __all__ += ["SCHEDULERS", "AnyScheduler"]
+__all__ += ["FlowMatchEulerDiscreteConfig", "FlowMatchEulerDiscreteScheduler", "UniPCMultistepConfig", "UniPCMultistepScheduler"]
+
+# The flow-matching schedulers (flow sample x = (1 − t)·x0 + t·ε), keyed by class name: what the
+# flow-matching pipelines (Wan) accept. Kept apart from SCHEDULERS, whose VE/VP networks they cannot drive.
+FLOW_SCHEDULERS = {cls.__name__: cls for cls in (UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler)}
+AnyFlowScheduler = UniPCMultistepScheduler | FlowMatchEulerDiscreteScheduler
+__all__ += ["FLOW_SCHEDULERS", "AnyFlowScheduler"]

@@ -107,6 +107,7 @@ class Scheduler:
         "sigmas": "it samples at whole training timesteps; pass num_inference_steps or timesteps",
         "timesteps": "it has no custom timesteps; pass num_inference_steps",
         "strength": "it cannot start part-way through its schedule",
+        "mu": "it has no resolution-dependent shift (a flow-matching option with use_dynamic_shifting)",
     }
     # Whether _plan applies ``strength`` itself; otherwise plan() skips the first steps generically.
     native_strength: ClassVar[bool] = False
@@ -176,6 +177,7 @@ class Scheduler:
         network: Parameterization | None = None,
         original_inference_steps: int | None = None,
         use_clipped_model_output: bool | None = None,
+        mu: float | None = None,
     ) -> SamplingPlan:
         """The sampling plan for a :class:`~vidiff.diffusion.plan.PlanRequest` of these fields.
 
@@ -185,7 +187,7 @@ class Scheduler:
         """
         request = PlanRequest(
             num_inference_steps, sigmas, timesteps, eta, strength, device, network,
-            original_inference_steps, use_clipped_model_output,
+            original_inference_steps, use_clipped_model_output, mu,
         )
         return self.plan_for(request)
 
