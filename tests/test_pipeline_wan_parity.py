@@ -6,7 +6,8 @@ and the frames must agree within 1e-4. Covered: text-to-video with and without g
 sizes and frame counts (one rounded to 4k + 1), both flow schedulers, several prompts with several
 videos each, given latents, ``max_sequence_length``; Wan 2.1 image-to-video with its CLIP branch;
 Wan 2.2 TI2V (``expand_timesteps``) from an image and from text; the two-expert A14B setup with its
-second guidance scale, from text and from an image with ``last_image``.
+second guidance scale, from text and from an image with ``last_image``; Wan 2.1 FLF2V (first and last
+frame through the CLIP branch).
 """
 
 from __future__ import annotations
@@ -162,5 +163,13 @@ def test_two_experts_image_to_video_with_last_image_match_diffusers(folders):
         folders["a14b_i2v"], WanImageToVideoPipeline, diffusers.WanImageToVideoPipeline,
         image=_image(3), last_image=_image(4), prompt="a door opens", height=32, width=48, num_frames=9,
         num_inference_steps=4, guidance_scale=3.0,
+    )
+    _check(expected, actual)
+
+
+def test_wan21_first_last_frame_matches_diffusers(folders):
+    expected, actual = _pair(
+        folders["flf2v"], WanImageToVideoPipeline, diffusers.WanImageToVideoPipeline,
+        image=_image(5), last_image=_image(6), prompt="a flower opens", height=48, width=32, num_frames=9,
     )
     _check(expected, actual)

@@ -5,7 +5,8 @@ Kinds (the released repositories they stand for):
 * ``"t2v"``: Wan 2.1 T2V (16-channel Wan 2.1 VAE, 8× spatial);
 * ``"i2v"``: Wan 2.1 I2V (CLIP image branch: ``image_dim`` + ``added_kv_proj_dim``, 36 input channels);
 * ``"ti2v"``: Wan 2.2 TI2V (Wan 2.2 VAE with patchify, 16× spatial, ``expand_timesteps``);
-* ``"a14b"`` / ``"a14b_i2v"``: Wan 2.2 A14B T2V / I2V (two experts, ``boundary_ratio``).
+* ``"a14b"`` / ``"a14b_i2v"``: Wan 2.2 A14B T2V / I2V (two experts, ``boundary_ratio``);
+* ``"flf2v"``: Wan 2.1 FLF2V (first and last frame: the image branch's ``pos_embed_seq_len``).
 
 Sizes are tiny but every path matters: 2 heads of 12 (RoPE splits 4/4/4), a 32-wide UMT5 with 4
 heads, z_dim 4 with latent mean/std far from (0, 1).
@@ -51,7 +52,9 @@ SCHEDULER = dict(
     prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000,
     solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True, final_sigmas_type="zero",
 )
-KINDS = ("t2v", "i2v", "ti2v", "a14b", "a14b_i2v")
+KINDS = ("t2v", "i2v", "ti2v", "a14b", "a14b_i2v", "flf2v")
+# CLIP tokens of one image: the class token + (image_size / patch_size)² patches.
+CLIP_TOKENS = 1 + (CLIP_VISION["image_size"] // CLIP_VISION["patch_size"]) ** 2
 
 
 def _umt5(seed: int, vocab_size: int):
@@ -90,15 +93,17 @@ def build(kind: str, root: Path, seed: int = 0):
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     text_encoder = _umt5(seed, len(tokenizer))
     two_experts = kind.startswith("a14b")
-    image = kind in ("i2v", "a14b_i2v")
+    image = kind in ("i2v", "a14b_i2v", "flf2v")
     vae_config = VAE_22 if kind == "ti2v" else VAE_21
     torch.manual_seed(seed + 1)
     vae = perturb_(diffusers.AutoencoderKLWan(**vae_config).eval(), seed + 1)
     extra = {}
     if image:
         extra = dict(in_channels=2 * Z_DIM + 4)
-    if kind == "i2v":
+    if kind in ("i2v", "flf2v"):
         extra.update(image_dim=CLIP_VISION["hidden_size"], added_kv_proj_dim=TRANSFORMER["num_attention_heads"] * TRANSFORMER["attention_head_dim"])
+    if kind == "flf2v":
+        extra.update(pos_embed_seq_len=2 * CLIP_TOKENS)
     transformer = _transformer(seed + 2, **extra)
     transformer_2 = _transformer(seed + 3, **extra) if two_experts else None
     scheduler = diffusers.UniPCMultistepScheduler(**SCHEDULER)
@@ -109,7 +114,7 @@ def build(kind: str, root: Path, seed: int = 0):
         parts.update(expand_timesteps=True)
     if not image and kind != "ti2v":
         return diffusers.WanPipeline(**parts)
-    if kind == "i2v":
+    if kind in ("i2v", "flf2v"):
         image_encoder, image_processor = _clip(seed + 4)
         parts.update(image_encoder=image_encoder, image_processor=image_processor)
     return diffusers.WanImageToVideoPipeline(**parts)

@@ -273,8 +273,11 @@ class WanTransformer3DModel(PretrainedModel):
             raise ValueError(
                 f"encoder_hidden_states_image must be image states [B, T, image_dim={self.config.image_dim}], got {shape}"
             )
-        # Wan 2.1 FLF2V (pos_embed_seq_len) passes a first and a last image per video.
+        # Wan 2.1 FLF2V (pos_embed_seq_len) passes a first and a last image per video: as two rows
+        # [2B, T, D] (diffusers' layout) or joined along the tokens [B, 2T, D] (vidiff's pipeline).
         images_per_video = 1 if self.config.pos_embed_seq_len is None else 2
+        if image.shape[1] == self.config.pos_embed_seq_len:
+            images_per_video = 1  # first and last image already joined along the tokens
         if image.shape[0] != images_per_video * batch:
             raise ValueError(
                 f"encoder_hidden_states_image has batch {image.shape[0]}; expected {images_per_video * batch} "

@@ -158,7 +158,8 @@ class WanTextProjection(nn.Module):
 class WanImageEmbedding(nn.Module):
     """CLIP image states ``[B, T, image_dim]`` → image tokens ``[B, T, dim]`` (float32 LayerNorms
     around a GELU MLP). With ``pos_embed_seq_len`` (Wan 2.1 FLF2V) consecutive pairs of images (first
-    and last frame) are joined into one sequence ``[B/2, 2T, image_dim]`` plus a learned position table."""
+    and last frame) are joined into one sequence ``[B/2, 2T, image_dim]`` plus a learned position table;
+    states already joined per video (``[B, pos_embed_seq_len, image_dim]``) are taken as they are."""
 
     def __init__(self, image_dim: int, dim: int, pos_embed_seq_len: int | None) -> None:
         super().__init__()
@@ -172,6 +173,8 @@ class WanImageEmbedding(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if self.pos_embed is not None:
             _, tokens, width = image.shape
+            if tokens == self.pos_embed.shape[1]:  # already one [first ‖ last] sequence per video
+                return self.norm2(self.ff(self.norm1(image + self.pos_embed)))
             if image.shape[0] % 2 or 2 * tokens != self.pos_embed.shape[1]:
                 raise ValueError(
                     f"encoder_hidden_states_image of shape {tuple(image.shape)} cannot be paired into sequences of "

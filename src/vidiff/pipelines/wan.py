@@ -90,19 +90,20 @@ class WanPipeline(WanPipelineBase):
             output_type, callback_on_step_end_tensor_inputs, max_sequence_length, attention_kwargs,
         )
         num_frames = self._frame_count(num_frames)
+        batch_size = self._num_prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds) * num_videos_per_prompt
+        shape = self._latent_shape(batch_size, self._main_transformer.config.in_channels, num_frames, height, width)
+        self._check_noise_inputs(shape, latents, generator)
+        self._check_context_frames(shape[2])  # windows count latent frames
         guided = guidance_scale > 1
         device = self.device
         prompt_embeds, negative_prompt_embeds = self._text_conditioning(
             prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, max_sequence_length, device
         )
-        batch_size = prompt_embeds.shape[0] * num_videos_per_prompt
-        self._check_context_frames((num_frames - 1) // self.vae_scale_factor_temporal + 1)
         cond = {"text": per_video(prompt_embeds, num_videos_per_prompt)}
         uncond = None if negative_prompt_embeds is None else {"text": per_video(negative_prompt_embeds, num_videos_per_prompt)}
 
         plan = self._plan(num_inference_steps, device)
-        channels = self._main_transformer.config.in_channels
-        latents = self._initial_latents(batch_size, channels, num_frames, height, width, latents, generator, device)
+        latents = self._initial_latents(shape, latents, generator, device)
         latents = self._run(
             latents * plan.init_noise_sigma, plan, cond, uncond, self._guidance(guidance_scale, guidance_scale_2),
             callback_on_step_end, callback_on_step_end_tensor_inputs, num_inference_steps, device,

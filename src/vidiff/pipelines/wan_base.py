@@ -80,7 +80,28 @@ class WanPipelineBase(Pipeline):
         super().__init__(**components)
         self.config = WanPipelineConfig(**self._options)
         self._check_experts()
-        self._expert_step: dict[str, int] = {}
+        self._check_transformer_inputs()
+
+    def _expected_in_channels(self) -> int:
+        """Latent channels the transformer must take in this pipeline (text-to-video: the VAE's z_dim)."""
+        return self.vae.config.z_dim
+
+    def _check_transformer_inputs(self) -> None:
+        """A transformer trained for another task (an I2V one in the text pipeline, or the other way
+        round) would fail deep inside a convolution; refuse it here, naming the right pipeline."""
+        expected = self._expected_in_channels()
+        for name in ("transformer", "transformer_2"):
+            model = getattr(self, name)
+            if model is not None and model.config.in_channels != expected:
+                other = "WanImageToVideoPipeline (pass an image)" if type(self).__name__ == "WanPipeline" else "WanPipeline (text only, no image)"
+                raise ValueError(
+                    f"`{name}` takes {model.config.in_channels} input channels but {type(self).__name__} feeds it "
+                    f"{expected} (VAE z_dim {self.vae.config.z_dim}{self._channel_note()}); this checkpoint is for "
+                    f"{other}"
+                )
+
+    def _channel_note(self) -> str:
+        return ""
 
     def _check_experts(self) -> None:
         """At least one transformer; ``transformer_2`` needs ``boundary_ratio`` and the other way round."""
@@ -135,6 +156,21 @@ class WanPipelineBase(Pipeline):
         """Decode (and encode) in overlapping spatial tiles: :meth:`AutoencoderKLWan.enable_tiling`'s
         options, in video pixels (None keeps the VAE's: 256-pixel tiles every 192 pixels)."""
         self.vae.enable_tiling(tile_sample_min_height, tile_sample_min_width, tile_sample_stride_height, tile_sample_stride_width)
+
+    def enable_vae_tiling(
+        self,
+        tile_sample_min_height: int | None = None,
+        tile_sample_min_width: int | None = None,
+        tile_sample_stride_height: int | None = None,
+        tile_sample_stride_width: int | None = None,
+    ) -> None:
+        """Encode and decode videos larger than a tile as overlapping spatial tiles (the Wan VAE's
+        ``enable_tiling``: diffusers' 256-pixel tiles every 192 pixels by default, seams cross-faded).
+        Frames differ slightly from untiled ones; peak VAE memory follows the tile, not the frame."""
+        self.vae.enable_tiling(
+            tile_sample_min_height=tile_sample_min_height, tile_sample_min_width=tile_sample_min_width,
+            tile_sample_stride_height=tile_sample_stride_height, tile_sample_stride_width=tile_sample_stride_width,
+        )
 
     def _boundary_timestep(self) -> float | None:
         ratio = self.config.boundary_ratio
@@ -283,17 +319,34 @@ class WanPipelineBase(Pipeline):
     def _plan(self, num_inference_steps: int, device: torch.device) -> SamplingPlan:
         return self.scheduler.plan(num_inference_steps, device=device)
 
-    def _initial_latents(
-        self, batch_size: int, num_channels: int, num_frames: int, height: int, width: int,
-        latents: torch.Tensor | None, generator: GeneratorInput, device: torch.device,
-    ) -> torch.Tensor:
-        """The caller's ``latents`` or fresh float32 noise [B, C, f, h, w] (the run's only random draw)."""
+    def _latent_shape(self, batch_size: int, num_channels: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        """[B, C, (F − 1)/4 + 1, H/s, W/s]: the shape of the initial noise."""
         factor = self.vae_scale_factor_spatial
-        shape = (batch_size, num_channels, (num_frames - 1) // self.vae_scale_factor_temporal + 1, height // factor, width // factor)
+        frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        return (batch_size, num_channels, frames, height // factor, width // factor)
+
+    @staticmethod
+    def _check_noise_inputs(shape: Sequence[int], latents: torch.Tensor | None, generator: GeneratorInput) -> None:
+        """Before any work: given ``latents`` must have ``shape``; a generator list one entry per video."""
+        if latents is not None:
+            arguments.given_latents(latents, shape, torch.device("cpu"), torch.float32)
+        else:
+            check_generator(generator, shape[0])
+
+    @staticmethod
+    def _initial_latents(
+        shape: Sequence[int], latents: torch.Tensor | None, generator: GeneratorInput, device: torch.device
+    ) -> torch.Tensor:
+        """The caller's ``latents`` or fresh float32 noise ``shape`` (the run's only random draw)."""
         if latents is not None:
             return arguments.given_latents(latents, shape, device, torch.float32)
-        check_generator(generator, batch_size)
         return randn(shape, generator, device=device, dtype=torch.float32)
+
+    @staticmethod
+    def _num_prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds) -> int:
+        """How many prompts the call has (checking the text arguments first)."""
+        prompt_io.check_prompt_arguments(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
+        return len(prompt_io.as_prompt_list(prompt)) if prompt is not None else prompt_embeds.shape[0]
 
     def _latent_statistics(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE's per-channel latent mean and the reciprocal of its std, [1, C, 1, 1, 1] like ``like``."""

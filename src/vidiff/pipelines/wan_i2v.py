@@ -53,6 +53,14 @@ class WanImageToVideoPipeline(WanPipelineBase):
     image_encoder: CLIPVisionModelWithProjection | None
     image_processor: CLIPImageProcessor | None
 
+    def _expected_in_channels(self) -> int:
+        # Wan 2.1 / A14B I2V: latents + 4 mask channels + the condition latents; TI2V: latents only.
+        z_dim = self.vae.config.z_dim
+        return z_dim if self.config.expand_timesteps else 2 * z_dim + 4
+
+    def _channel_note(self) -> str:
+        return "" if self.config.expand_timesteps else " × 2 + 4 mask channels"
+
     @property
     def _uses_clip(self) -> bool:
         """Whether the transformer has Wan 2.1's image branch (``image_dim``)."""
@@ -100,17 +108,19 @@ class WanImageToVideoPipeline(WanPipelineBase):
         )
         self._check_images(image, last_image, image_embeds, num_frames)
         num_frames = self._frame_count(num_frames)
+        num_prompts = self._num_prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
+        first = self._pixels(image, height, width, "image")  # [N, 3, H, W] in [-1, 1]
+        last = None if last_image is None else self._pixels(last_image, height, width, "last_image")
+        videos = _pair(num_prompts, first.shape[0], last)
+        batch_size = videos * num_videos_per_prompt
+        shape = self._latent_shape(batch_size, self.vae.config.z_dim, num_frames, height, width)
+        self._check_noise_inputs(shape, latents, generator)
+        self._check_context_frames(shape[2])  # windows count latent frames
         guided = guidance_scale > 1
         device = self.device
         prompt_embeds, negative_prompt_embeds = self._text_conditioning(
             prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, max_sequence_length, device
         )
-        first = self._pixels(image, height, width, "image")  # [N, 3, H, W] in [-1, 1]
-        last = None if last_image is None else self._pixels(last_image, height, width, "last_image")
-        videos = _pair(prompt_embeds.shape[0], first.shape[0], last)
-        batch_size = videos * num_videos_per_prompt
-        num_latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
-        self._check_context_frames(num_latent_frames)
 
         def rows(tensor: torch.Tensor) -> torch.Tensor:  # one per prompt/image → one per video
             return per_video(tensor.expand(videos, *tensor.shape[1:]), num_videos_per_prompt)
@@ -129,9 +139,7 @@ class WanImageToVideoPipeline(WanPipelineBase):
             uncond = {**cond, "text": rows(negative_prompt_embeds)}
 
         plan = self._plan(num_inference_steps, device)
-        latents = self._initial_latents(
-            batch_size, self.vae.config.z_dim, num_frames, height, width, latents, generator, device
-        )
+        latents = self._initial_latents(shape, latents, generator, device)
         latents = self._run(
             latents * plan.init_noise_sigma, plan, cond, uncond, self._guidance(guidance_scale, guidance_scale_2),
             callback_on_step_end, callback_on_step_end_tensor_inputs, num_inference_steps, device,
