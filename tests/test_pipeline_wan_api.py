@@ -186,3 +186,25 @@ def test_vae_tiling_through_the_pipeline_matches_diffusers_tiling(folders):
     expected = theirs(generator=torch.Generator().manual_seed(0), **call).frames
     assert max_abs_diff(expected, tiled) < 1e-4
     assert max_abs_diff(plain, tiled) > 1e-3  # tiling really happened
+
+
+def test_several_videos_per_prompt_from_an_image_equal_separate_calls(folders):
+    # diffusers 0.42.1 crashes here (its CLIP states keep one row per prompt); each video must be the
+    # call made with its own generator alone.
+    pipe = _load(WanImageToVideoPipeline, folders["i2v"])
+    call = {**CALL, "image": _image(), "width": 48, "output_type": "np"}
+    both = pipe(num_videos_per_prompt=2, generator=[torch.Generator().manual_seed(s) for s in (1, 2)], **call).frames
+    for index, seed in enumerate((1, 2)):
+        alone = pipe(generator=torch.Generator().manual_seed(seed), **call).frames
+        assert max_abs_diff(both[index], alone[0]) < 1e-5
+    assert max_abs_diff(both[0], both[1]) > 1e-3
+
+
+def test_a_scheduler_that_does_not_sample_flow_matching_is_refused(folders):
+    from vidiff import DDIMScheduler, UniPCMultistepScheduler
+
+    pipe = _load(WanPipeline, folders["t2v"])
+    for scheduler in (DDIMScheduler(), UniPCMultistepScheduler()):  # UniPC's default: the VP (ε) form
+        pipe.scheduler = scheduler
+        with pytest.raises(ValueError, match=r"`scheduler`: Wan's transformer predicts flow-matching velocities"):
+            _refuse_networks(pipe)(**CALL)

@@ -96,13 +96,13 @@ class WanPipeline(WanPipelineBase):
         self._check_context_frames(shape[2])  # windows count latent frames
         guided = guidance_scale > 1
         device = self.device
+        plan = self._plan(num_inference_steps, device)
         prompt_embeds, negative_prompt_embeds = self._text_conditioning(
             prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, max_sequence_length, device
         )
         cond = {"text": per_video(prompt_embeds, num_videos_per_prompt)}
         uncond = None if negative_prompt_embeds is None else {"text": per_video(negative_prompt_embeds, num_videos_per_prompt)}
 
-        plan = self._plan(num_inference_steps, device)
         latents = self._initial_latents(shape, latents, generator, device)
         latents = self._run(
             latents * plan.init_noise_sigma, plan, cond, uncond, self._guidance(guidance_scale, guidance_scale_2),

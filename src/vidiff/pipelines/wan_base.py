@@ -317,7 +317,16 @@ class WanPipelineBase(Pipeline):
         return prompt_embeds, negative_prompt_embeds.to(device)
 
     def _plan(self, num_inference_steps: int, device: torch.device) -> SamplingPlan:
-        return self.scheduler.plan(num_inference_steps, device=device)
+        """The scheduler's plan; it must sample in flow space (Wan predicts flow velocities)."""
+        plan = self.scheduler.plan(num_inference_steps, device=device)
+        if plan.parameterization.space != "flow":
+            raise ValueError(
+                f"`scheduler`: Wan's transformer predicts flow-matching velocities, but this "
+                f"{type(self.scheduler).__name__} samples in {plan.parameterization.space!r} space; use "
+                "UniPCMultistepScheduler with use_flow_sigmas=True and prediction_type='flow_prediction' "
+                "(the repositories' own) or FlowMatchEulerDiscreteScheduler"
+            )
+        return plan
 
     def _latent_shape(self, batch_size: int, num_channels: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """[B, C, (F − 1)/4 + 1, H/s, W/s]: the shape of the initial noise."""
