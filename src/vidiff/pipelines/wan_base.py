@@ -153,17 +153,6 @@ class WanPipelineBase(Pipeline):
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
     ) -> None:
-        """Decode (and encode) in overlapping spatial tiles: :meth:`AutoencoderKLWan.enable_tiling`'s
-        options, in video pixels (None keeps the VAE's: 256-pixel tiles every 192 pixels)."""
-        self.vae.enable_tiling(tile_sample_min_height, tile_sample_min_width, tile_sample_stride_height, tile_sample_stride_width)
-
-    def enable_vae_tiling(
-        self,
-        tile_sample_min_height: int | None = None,
-        tile_sample_min_width: int | None = None,
-        tile_sample_stride_height: int | None = None,
-        tile_sample_stride_width: int | None = None,
-    ) -> None:
         """Encode and decode videos larger than a tile as overlapping spatial tiles (the Wan VAE's
         ``enable_tiling``: diffusers' 256-pixel tiles every 192 pixels by default, seams cross-faded).
         Frames differ slightly from untiled ones; peak VAE memory follows the tile, not the frame."""

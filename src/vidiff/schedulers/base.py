@@ -289,12 +289,40 @@ class SequentialScheduler(Scheduler):
         """The index for a timestep not in the schedule: by default a ValueError."""
         raise ValueError(f"timestep {float(timestep)} is not one of the scheduler's timesteps")
 
+    def _noise_levels(self, timesteps: Tensor, like: Tensor) -> Tensor:
+        """σ (or flow t) of each batch item's timestep, ``[B, 1, …]`` to broadcast over ``like``, for
+        ``add_noise``: looked up in the schedule, or the current step's (``begin_index`` set), as
+        diffusers' schedulers do."""
+        schedule = self.timesteps.to(like.device)
+        timesteps = timesteps.to(like.device).reshape(-1)
+        if self.begin_index is None:
+            indices = [self.index_for_timestep(t, schedule) for t in timesteps]
+        else:
+            indices = [self.step_index if self.step_index is not None else self.begin_index] * timesteps.shape[0]
+        levels = self.sigmas.to(device=like.device, dtype=like.dtype)[indices].flatten()
+        return levels.reshape(-1, *([1] * (like.ndim - 1)))
+
     def _current_index(self, timestep: float | Tensor) -> int:
         """This step's index: the running counter, started on the first call."""
         if self._step_index is None:
             begin = self._begin_index
             self._step_index = begin if begin is not None else self.index_for_timestep(timestep)
         return self._step_index
+
+
+class MultistepScheduler(SequentialScheduler):
+    """A sequential scheduler whose solver keeps earlier outputs between ``step`` calls (DPM-Solver,
+    UniPC); a timestep not in its schedule maps to the last step, as diffusers' multistep ones do."""
+
+    _history: tuple[Tensor, ...] = ()
+
+    def _reset_steps(self) -> None:
+        """Forget the solver's history and the step counter (a new schedule was set)."""
+        self._history = ()
+        self._reset_step_index()
+
+    def _unscheduled_index(self, timestep: int | Tensor) -> int:
+        return len(self.timesteps) - 1
 
 
 def _network_timesteps(plan: SamplingPlan, owner: str) -> Tensor:

@@ -32,8 +32,8 @@ from ..diffusion.steppers import StepContext
 from ..diffusion.steppers_dpm import ALGORITHMS, SOLVER_TYPES, DPMSolverStepper
 from ..diffusion.steppers_vp import DynamicThreshold
 from .base import (
+    MultistepScheduler,
     SchedulerStepOutput,
-    SequentialScheduler,
     check_choice,
     check_sigma_options,
     check_training_options,
@@ -102,7 +102,7 @@ class DPMSolverMultistepConfig(Config):
             )
 
 
-class DPMSolverMultistepScheduler(SequentialScheduler):
+class DPMSolverMultistepScheduler(MultistepScheduler):
     """DPM-Solver / DPM-Solver++ multistep sampling (Lu et al. 2022) over a DDPM-trained network.
 
     ``DPMSolverMultistepScheduler.from_pretrained(repo, use_karras_sigmas=True)`` reads
@@ -260,14 +260,6 @@ class DPMSolverMultistepScheduler(SequentialScheduler):
         self.timesteps = step_timesteps.to(device)
         self.num_inference_steps = len(step_timesteps)
         self._reset_steps()
-
-    def _reset_steps(self) -> None:
-        self._history: tuple[Tensor, ...] = ()
-        self._reset_step_index()
-
-    def _unscheduled_index(self, timestep: int | Tensor) -> int:
-        """A timestep not in the schedule maps to the last step (the reference's rule)."""
-        return len(self.timesteps) - 1
 
     def scale_model_input(self, sample: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """The network input is the VP sample itself: returned unchanged."""

@@ -190,14 +190,8 @@ class FlowMatchEulerDiscreteScheduler(SequentialScheduler):
 
     def scale_noise(self, sample: Tensor, timestep: Tensor, noise: Tensor) -> Tensor:
         """The forward process at ``timestep`` (one value per batch item): t·noise + (1 − t)·sample."""
-        schedule = self.timesteps.to(sample.device)
-        timestep = timestep.to(sample.device).reshape(-1)
-        if self.begin_index is None:
-            indices = [self.index_for_timestep(t, schedule) for t in timestep]
-        else:
-            indices = [self.step_index if self.step_index is not None else self.begin_index] * timestep.shape[0]
-        t = self.sigmas.to(device=sample.device, dtype=sample.dtype)[indices].flatten()
-        return forward_process.diffuse_flow(sample, noise, t.reshape(-1, *([1] * (sample.ndim - 1))))  # t [B, 1, …]
+        t = self._noise_levels(timestep, sample)  # [B, 1, …]
+        return forward_process.diffuse_flow(sample, noise, t)
 
     def step(
         self,

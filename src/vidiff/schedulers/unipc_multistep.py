@@ -44,6 +44,7 @@ from ..diffusion.steppers import StepContext
 from ..diffusion.steppers_unipc import SOLVER_TYPES, UniPCStepper
 from ..diffusion.steppers_vp import DynamicThreshold
 from .base import (
+    MultistepScheduler,
     SchedulerStepOutput,
     SequentialScheduler,
     check_choice,
@@ -120,7 +121,7 @@ class UniPCMultistepConfig(Config):
             raise ValueError(f"{owner}: flow_shift must be a positive number, got {self.flow_shift!r}")
 
 
-class UniPCMultistepScheduler(SequentialScheduler):
+class UniPCMultistepScheduler(MultistepScheduler):
     """UniPC multistep sampling (Zhao et al. 2023): Wan's default scheduler (flow form), or a
     DDPM-trained network's (VP form).
 
@@ -266,14 +267,6 @@ class UniPCMultistepScheduler(SequentialScheduler):
         self.num_inference_steps = len(step_timesteps)
         self._reset_steps()
 
-    def _reset_steps(self) -> None:
-        self._history: tuple[Tensor, ...] = ()
-        self._reset_step_index()
-
-    def _unscheduled_index(self, timestep: int | Tensor) -> int:
-        """A timestep not in the schedule maps to the last step (the reference's rule)."""
-        return len(self.timesteps) - 1
-
     def scale_model_input(self, sample: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """The network input is the flow sample itself: returned unchanged."""
         return sample
@@ -281,14 +274,7 @@ class UniPCMultistepScheduler(SequentialScheduler):
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """The sample at ``timesteps`` (one per batch item): (1 − t)·x0 + t·noise in the flow form,
         α·x0 + σ·α·noise (α = 1/sqrt(σ² + 1)) in the VP form."""
-        schedule = self.timesteps.to(original_samples.device)
-        timesteps = timesteps.to(original_samples.device).reshape(-1)
-        if self.begin_index is None:
-            indices = [self.index_for_timestep(t, schedule) for t in timesteps]
-        else:
-            indices = [self.step_index if self.step_index is not None else self.begin_index] * timesteps.shape[0]
-        t = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)[indices].flatten()
-        t = t.reshape(-1, *([1] * (original_samples.ndim - 1)))  # [B, 1, …]
+        t = self._noise_levels(timesteps, original_samples)  # [B, 1, …]
         if self.config.use_flow_sigmas:
             return forward_process.diffuse_flow(original_samples, noise, t)
         alpha = 1 / ((t**2 + 1) ** 0.5)
