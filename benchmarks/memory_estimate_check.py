@@ -7,7 +7,7 @@ just before the call). The estimate is :func:`vidiff.pipelines.memory.estimate_m
 configs and run size, read from the checkpoint's JSON only. The peak of a call does not depend on the
 number of denoising steps, so the measured call uses ``--steps`` (default 2) to stay short.
 
-    python benchmarks/memory_estimate_check.py                         # all three, medium, CPU, fp32
+    python benchmarks/memory_estimate_check.py                         # all four, medium, CPU, fp32
     python benchmarks/memory_estimate_check.py --pipelines svd --threads 2 --keep /tmp/ckpts
     python benchmarks/memory_estimate_check.py --load-only --load-dtype fp16   # peak RSS of loading
 
@@ -32,7 +32,8 @@ import torch
 
 import harness  # first: it makes the repository root importable
 
-MODULES = {"svd": "svd_pipeline", "animatediff": "animatediff_pipeline", "i2vgen-xl": "i2vgen_xl_pipeline"}
+MODULES = {"svd": "svd_pipeline", "animatediff": "animatediff_pipeline", "i2vgen-xl": "i2vgen_xl_pipeline",
+           "wan": "wan_pipeline"}
 MIB = 2**20
 
 
@@ -50,8 +51,9 @@ def _bench_args(subject: harness.Subject, options: argparse.Namespace) -> argpar
 
 def _vidiff_class(name: str) -> type:
     import vidiff
+    from vidiff.pipelines.wan import WanPipeline
 
-    return {"svd": vidiff.StableVideoDiffusionPipeline, "animatediff": vidiff.AnimateDiffPipeline,
+    return {"wan": WanPipeline, "svd": vidiff.StableVideoDiffusionPipeline, "animatediff": vidiff.AnimateDiffPipeline,
             "i2vgen-xl": vidiff.I2VGenXLPipeline}[name]
 
 

@@ -70,7 +70,7 @@ class Timers:
         inner = getattr(pipe, "pipe", pipe)  # I2VGen-XL's diffusers pipeline sits in SameDraws
         self.cuda, self.peaks = cuda, Peaks(cuda)
         self.reset()
-        self._time_denoiser(inner.unet)
+        self._time_denoiser(getattr(inner, "unet", None) or inner.transformer)  # Wan: the transformer
         name = "decode" if library == "diffusers" else "decode_video"
         original = getattr(inner.vae, name)
 

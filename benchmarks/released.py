@@ -19,6 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL = REPO_ROOT / "tests" / "configs"
 SHARED = Path(os.environ.get("VIDIFF_CONFIGS", "/work/shared/configs"))
 TEXT_TOKENS = 77  # CLIP's padded prompt length
+WAN_TEXT_TOKENS = 512  # Wan's max_sequence_length
+WAN_T2V = "wan/Wan2.1-T2V-1.3B-Diffusers"  # the repository's config files, under tests/configs
 
 
 def config(name: str) -> dict:
@@ -32,6 +34,12 @@ def networks(pipeline: str) -> dict[str, torch.nn.Module]:
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    if pipeline == "wan":  # Wan 2.1 T2V-1.3B
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        return dict(transformer=diffusers.WanTransformer3DModel.from_config(config(f"{WAN_T2V}/transformer/config.json")),
+                    vae=diffusers.AutoencoderKLWan.from_config(config(f"{WAN_T2V}/vae/config.json")),
+                    text_encoder=UMT5EncoderModel(UMT5Config(**config(f"{WAN_T2V}/text_encoder/config.json"))))
     if pipeline == "svd":
         return dict(unet=diffusers.UNetSpatioTemporalConditionModel.from_config(config("svd_xt_unet.json")),
                     vae=diffusers.AutoencoderKLTemporalDecoder.from_config(config("svd_xt_vae.json")),
@@ -51,6 +59,10 @@ def _denoiser_inputs(pipeline: str, unet, frames: int, h: int, w: int) -> tuple[
     """One denoiser call with guidance: batch 2 (unconditional + conditional), latents h × w."""
     meta = dict(device="meta")
     t = torch.tensor(500.0, **meta)
+    if pipeline == "wan":  # latent frames (F − 1)/4 + 1; UMT5 states zero-padded to 512 tokens
+        latent_frames = (frames - 1) // 4 + 1
+        return (torch.empty(2, unet.config.in_channels, latent_frames, h, w, **meta), t.expand(2),
+                torch.empty(2, WAN_TEXT_TOKENS, unet.config.text_dim, **meta)), {}
     if pipeline == "svd":
         cross = unet.config.cross_attention_dim
         return (torch.empty(2, frames, 8, h, w, **meta), t, torch.empty(2, 1, cross, **meta),
@@ -86,16 +98,20 @@ def video_flops(pipeline: str, size) -> float:
 
     with torch.device("meta"):
         nets = networks(pipeline)
-        unet = nets["unet"]
+        unet = nets.get("unet") or nets["transformer"]
         if pipeline == "animatediff":
             unet = _motion_unet()
     # A few buffers (e.g. SVD's mix factors, made with the legacy torch.Tensor(...)) ignore the
     # default device and land on the CPU: move them too.
     unet, nets["vae"] = unet.to("meta"), nets["vae"].to("meta")
-    scale = 2 ** (len(nets["vae"].config.block_out_channels) - 1)
+    wan = pipeline == "wan"
+    scale = 8 if wan else 2 ** (len(nets["vae"].config.block_out_channels) - 1)
     h, w = size.height // scale, size.width // scale
     args, kwargs = _denoiser_inputs(pipeline, unet, size.frames, h, w)
-    latents = torch.empty(size.frames, nets["vae"].config.latent_channels, h, w, device="meta")
+    if wan:  # one video's latents [1, z, (F − 1)/4 + 1, h, w]
+        latents = torch.empty(1, nets["vae"].config.z_dim, (size.frames - 1) // 4 + 1, h, w, device="meta")
+    else:
+        latents = torch.empty(size.frames, nets["vae"].config.latent_channels, h, w, device="meta")
     decode_kwargs = dict(num_frames=size.frames) if pipeline == "svd" else {}
     # diffusers makes a few small tensors without a device (CPU): the meta default device catches them.
     with torch.device("meta"), FlopCounterMode(display=False) as denoise:
@@ -117,21 +133,26 @@ def _perturb(module: torch.nn.Module, seed: int, scale: float = 0.02) -> torch.n
 
 def build_checkpoint(pipeline: str, folder: Path, device: str, seed: int = 0) -> None:
     """Build the released networks on ``device`` (random init is fast there), perturb, cast to
-    fp16 and save with diffusers in the layout the CPU benchmark uses for ``pipeline``."""
+    fp16 (Wan: bf16) and save with diffusers in the layout the CPU benchmark uses for ``pipeline``."""
     import diffusers
     from transformers import CLIPImageProcessor
 
     from tests.animatediff_checkpoint import save_sd15_layout
     from tests.tokenizer_fixture import write_tiny_clip_tokenizer
 
+    dtype = torch.bfloat16 if pipeline == "wan" else torch.float16
     with torch.device(device):
-        nets = {name: _perturb(net, seed + i).to("cpu", torch.float16) for i, (name, net) in enumerate(networks(pipeline).items())}
-    if "text_encoder" in nets:
+        nets = {name: _perturb(net, seed + i).to("cpu", dtype) for i, (name, net) in enumerate(networks(pipeline).items())}
+    if pipeline == "wan":
+        _save_wan(folder, nets)
+    elif "text_encoder" in nets:
         from transformers import CLIPTokenizer
         source = folder.parent / f"{folder.name}-tokenizer"  # beside the checkpoint, not in it
         write_tiny_clip_tokenizer(source)
         nets["tokenizer"] = CLIPTokenizer.from_pretrained(source)
-    if pipeline == "svd":
+    if pipeline == "wan":
+        pass  # saved above
+    elif pipeline == "svd":
         diffusers.StableVideoDiffusionPipeline(
             **nets, scheduler=diffusers.EulerDiscreteScheduler.from_config(config("svd_xt_scheduler.json")),
             feature_extractor=CLIPImageProcessor(**config("svd_xt_feature_extractor.json"))).save_pretrained(folder)
@@ -144,3 +165,17 @@ def build_checkpoint(pipeline: str, folder: Path, device: str, seed: int = 0) ->
             **nets, scheduler=diffusers.DDIMScheduler.from_config(config("i2vgenxl_scheduler.json")),
             feature_extractor=CLIPImageProcessor(**config("svd_xt_feature_extractor.json"))).save_pretrained(folder)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+def _save_wan(folder: Path, nets: dict[str, torch.nn.Module]) -> None:
+    """Wan 2.1 T2V-1.3B's layout: the networks, the tests' tiny UMT5 tokenizer (its ids fit UMT5's
+    vocabulary) and the released flow UniPC scheduler."""
+    import diffusers
+    from transformers import AutoTokenizer
+
+    from vidiff.demo.umt5_tokenizer import write_tiny_umt5_tokenizer
+
+    source = folder.parent / f"{folder.name}-tokenizer"  # beside the checkpoint, not in it
+    write_tiny_umt5_tokenizer(source)
+    scheduler = diffusers.UniPCMultistepScheduler.from_config(config(f"{WAN_T2V}/scheduler/scheduler_config.json"))
+    diffusers.WanPipeline(tokenizer=AutoTokenizer.from_pretrained(source), scheduler=scheduler, **nets).save_pretrained(folder)

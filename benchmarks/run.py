@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import results_md
-from benchmarks.subjects import CPU_SIZES, MODULES, parse_size
+from benchmarks.subjects import CPU_SIZES, CUDA_DTYPES, MODULES, parse_size
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("diffusers", "vidiff")
@@ -67,11 +67,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def dtype(args, pipeline: str) -> str:
+    """The run's dtype for ``pipeline``: fp32 on CPU; on CUDA fp16, or the pipeline's own (Wan: bf16)."""
+    return CUDA_DTYPES.get(pipeline, args.dtype) if args.cuda else args.dtype
+
+
 def worker(args, pipeline: str, library: str, folder: Path, size, extra=()) -> dict:
     """Run one fresh worker process; its last stdout line is the JSON result."""
     spec = f"{size.frames}x{size.height}x{size.width}@{size.steps}"
     command = [sys.executable, "-m", "benchmarks.worker", "--pipeline", pipeline, "--library", library,
-               "--checkpoint", str(folder), "--size", spec, "--device", args.device, "--dtype", args.dtype, *extra]
+               "--checkpoint", str(folder), "--size", spec, "--device", args.device, "--dtype", dtype(args, pipeline), *extra]
     if args.threads:
         command += ["--threads", str(args.threads)]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)

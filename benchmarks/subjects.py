@@ -1,4 +1,4 @@
-"""The three benchmarked pipelines by CLI name, and the run sizes ``--sizes`` accepts.
+"""The benchmarked pipelines by CLI name, and the run sizes ``--sizes`` accepts.
 
 The pipeline modules (``svd_pipeline`` …) import ``harness`` as a top-level module (they also run
 as scripts), so this module puts ``benchmarks/`` on ``sys.path`` before importing them.
@@ -16,7 +16,10 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-MODULES = {"svd": "svd_pipeline", "animatediff": "animatediff_pipeline", "i2vgen-xl": "i2vgen_xl_pipeline"}
+MODULES = {"svd": "svd_pipeline", "animatediff": "animatediff_pipeline", "i2vgen-xl": "i2vgen_xl_pipeline",
+           "wan": "wan_pipeline"}
+# The CUDA dtype per pipeline where it is not fp16: Wan is released and run in bf16.
+CUDA_DTYPES = {"wan": "bf16"}
 
 
 def subject_module(pipeline: str):
@@ -43,7 +46,7 @@ class RunSize:
 CPU_SIZES = {"s": RunSize(6, 64, 96, 3), "m": RunSize(8, 96, 128, 3)}
 # CUDA: the released sizes (frames, height, width, steps).
 RELEASED = {"svd": RunSize(25, 576, 1024, 25), "animatediff": RunSize(16, 512, 512, 25),
-            "i2vgen-xl": RunSize(16, 704, 1280, 50)}
+            "i2vgen-xl": RunSize(16, 704, 1280, 50), "wan": RunSize(81, 480, 832, 50)}  # Wan 2.1 T2V-1.3B
 _CUSTOM = re.compile(r"^(\d+)x(\d+)x(\d+)(?:@(\d+))?$")
 
 

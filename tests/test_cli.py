@@ -245,8 +245,8 @@ def test_demo_writes_an_mp4_and_a_gif_per_pipeline(tmp_path):
     result = ok(vidiff("demo", cwd=tmp_path, env=env))
     assert "RANDOM" in result.stderr and "vidiff svd rocket.png" in result.stderr  # says so, shows the real use
     assert "vidiff: vidiff" not in result.stderr
-    # 3 mp4 + 3 gif + their 6 sidecars + input.png, as counted on disk
-    assert "wrote 13 files" in result.stderr and len(list((tmp_path / "vidiff-demo").iterdir())) == 13
+    # 4 mp4 + 4 gif (SVD, I2VGen-XL, AnimateDiff, Wan) + their 8 sidecars + input.png, as counted on disk
+    assert "wrote 17 files" in result.stderr and len(list((tmp_path / "vidiff-demo").iterdir())) == 17
     # The exact command of the demo's SVD run, with the real checkpoint path under $VIDIFF_HOME: it runs.
     command = next(line.strip() for line in result.stderr.splitlines() if line.strip().startswith("vidiff svd vidiff-demo"))
     assert str(tmp_path / "home" / "demo-checkpoints") in command

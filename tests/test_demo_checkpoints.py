@@ -45,11 +45,22 @@ def _pipeline(library, checkpoints: demo.DemoCheckpoints, name: str):
         pipe = library.StableVideoDiffusionPipeline.from_pretrained(checkpoints.svd)
     elif name == "i2vgen-xl":
         pipe = library.I2VGenXLPipeline.from_pretrained(checkpoints.i2vgen_xl)
+    elif name == "wan":
+        pipe = _wan_class(library).from_pretrained(checkpoints.wan)
     else:
         adapter = library.MotionAdapter.from_pretrained(checkpoints.motion_adapter)
         pipe = library.AnimateDiffPipeline.from_pretrained(checkpoints.sd15, motion_adapter=adapter)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _wan_class(library):
+    """WanPipeline of ``library`` (vidiff's from its module: the package export is the lead's to add)."""
+    if library is vidiff:
+        from vidiff.pipelines.wan import WanPipeline
+
+        return WanPipeline
+    return library.WanPipeline
 
 
 def _vidiff_pipeline(checkpoints: demo.DemoCheckpoints, name: str):
@@ -63,7 +74,8 @@ def _diffusers_pipeline(checkpoints: demo.DemoCheckpoints, name: str):
 
 
 def _inputs(name: str) -> dict:
-    return {"svd": dict(image=IMAGE), "i2vgen-xl": dict(image=IMAGE, prompt=PROMPT), "animatediff": dict(prompt=PROMPT)}[name]
+    return {"svd": dict(image=IMAGE), "i2vgen-xl": dict(image=IMAGE, prompt=PROMPT), "animatediff": dict(prompt=PROMPT),
+            "wan": dict(prompt=PROMPT)}[name]
 
 
 def _generators(name: str, seed: int, call: dict) -> tuple[torch.Generator, torch.Generator]:
@@ -95,11 +107,12 @@ def test_vidiff_loads_and_runs_each_demo_checkpoint(checkpoints, name):
 def test_diffusers_loads_each_demo_checkpoint_and_agrees(checkpoints, name):
     # Fewer frames than the demo: one small call is enough to prove the layout. (Not fewer steps:
     # SVD's 2-step Karras schedule jumps from σ = 700 to 0 at once, amplifying float32 rounding to ~8e-5.)
-    call = {**demo.DEMO_CALLS[name], "num_frames": 4}
+    frames = 5 if name == "wan" else 4  # Wan makes 4k + 1 frames
+    call = {**demo.DEMO_CALLS[name], "num_frames": frames}
     ours_generator, theirs_generator = _generators(name, 3, call)
     theirs = _diffusers_pipeline(checkpoints, name)(**_inputs(name), **call, generator=theirs_generator, output_type="np").frames
     ours = _vidiff_pipeline(checkpoints, name)(**_inputs(name), **call, generator=ours_generator, output_type="np").frames
-    assert ours.shape == theirs.shape == (1, 4, call["height"], call["width"], 3)
+    assert ours.shape == theirs.shape == (1, frames, call["height"], call["width"], 3)
     assert max_abs_diff(ours, theirs) <= TOLERANCE
 
 
@@ -130,7 +143,7 @@ def test_build_is_deterministic_and_keeps_the_callers_rng(checkpoints, tmp_path)
     state = torch.get_rng_state()
     demo.build_demo_checkpoints(tmp_path)
     assert torch.equal(torch.get_rng_state(), state)
-    for component in ["svd/unet", "i2vgen-xl/image_encoder", "sd15/text_encoder"]:
+    for component in ["svd/unet", "i2vgen-xl/image_encoder", "sd15/text_encoder", "wan/transformer", "wan/text_encoder"]:
         name = "model.safetensors" if "encoder" in component else "diffusion_pytorch_model.safetensors"
         assert (tmp_path / component / name).read_bytes() == (checkpoints.svd.parent / component / name).read_bytes()
     assert (tmp_path / "motion-adapter/diffusion_pytorch_model.safetensors").read_bytes() == (

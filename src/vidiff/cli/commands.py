@@ -18,6 +18,7 @@ from ..pipelines.animatediff import AnimateDiffPipeline
 from ..pipelines.base import Pipeline
 from ..pipelines.i2vgen_xl import I2VGenXLPipeline
 from ..pipelines.svd import StableVideoDiffusionPipeline
+from ..pipelines.wan import WanPipeline
 
 
 # ------------------------------------------------------------------------------ value parsers
@@ -32,6 +33,7 @@ MAX_FPS = 1000  # frames per second, conditioning or export
 MAX_CONDITION = 1_000_000  # integer conditionings (SVD's motion bucket is trained on 0–255)
 MAX_NUMPY_SEED = 2**128 - 1  # PCG64's state is 128 bits; larger seeds only alias
 MAX_TORCH_SEED = 2**64 - 1  # torch.Generator.manual_seed takes a uint64
+MAX_TEXT_TOKENS = 4096  # UMT5 tokens per prompt (Wan is trained on 512)
 
 
 def _integer(text: str, minimum: int, what: str, maximum: int | None = None) -> int:
@@ -93,6 +95,22 @@ def pixels(text: str) -> int:
     return value
 
 
+def wan_pixels(text: str) -> int:
+    """Wan's ``--height``/``--width``: multiples of 16 (the VAE's 8 × the patch's 2; Wan 2.2 TI2V needs
+    32, which the pipeline checks once the model is known)."""
+    value = _integer(text, 16, "a positive multiple of 16 (pixels)", MAX_PIXELS)
+    if value % 16:
+        lower, upper = value - value % 16, value - value % 16 + 16
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of 16 (pixels), got {value}; try {lower} or {upper}")
+    return value
+
+
+def text_tokens(text: str) -> int:
+    """``--max-sequence-length``: UMT5 tokens per prompt (its relative positions have no hard limit;
+    MAX_TEXT_TOKENS only catches typos)."""
+    return _integer(text, 1, "an integer ≥ 1 (tokens)", MAX_TEXT_TOKENS)
+
+
 def _number(text: str, low: float, high: float | None, what: str) -> float:
     try:
         value = float(text)
@@ -151,6 +169,8 @@ class Command:
     # flag of a pipeline without an fps conditioning only sets the export rate.
     fps_param: str | None
     default_motion_adapter: str | None = None
+    # The written video's frame rate when ``fps_param`` is None and no ``--fps`` is given.
+    export_fps: float | None = None
 
     def default(self, param: str) -> Any:
         """The pipeline's own default for ``param`` (``None`` = decided from the model)."""
@@ -226,7 +246,31 @@ ANIMATEDIFF = Command(
     fps_param=None,
     default_motion_adapter="guoyww/animatediff-motion-adapter-v1-5-2",
 )
-COMMANDS = {command.name: command for command in (SVD, I2VGEN_XL, ANIMATEDIFF)}
+WAN_EXPORT_FPS = 16  # Wan is trained on 16 fps video and has no fps conditioning; its guide exports at 16
+# `vidiff wan`: text → video; with --image the run switches to WanImageToVideoPipeline (cli/wan.py).
+# Both pipelines share these arguments and their defaults.
+WAN = Command(
+    name="wan",
+    pipeline=WanPipeline,
+    default_model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    summary="prompt (and optionally --image) → video with Wan 2.1 / 2.2",
+    takes_image=False,
+    takes_prompt=True,
+    flags=_flags(
+        ("--height", "height", wan_pixels, "video height in pixels (multiple of 16; 32 for Wan 2.2 TI2V)"),
+        ("--width", "width", wan_pixels, "video width in pixels (multiple of 16; 32 for Wan 2.2 TI2V)"),
+        ("--num-frames", "num_frames", frame_count, "frames per video (4k + 1; others are rounded down)"),
+        *COUNTS[1:3],
+        *TEXT[:2],
+        ("--guidance-scale-2", "guidance_scale_2", non_negative_float,
+         "the low-noise expert's guidance weight (two-expert Wan 2.2 A14B only)"),
+        ("--max-sequence-length", "max_sequence_length", text_tokens,
+         "UMT5 tokens per prompt; shorter prompts are zero-padded to it, so it changes the video"),
+    ),
+    fps_param=None,
+    export_fps=WAN_EXPORT_FPS,
+)
+COMMANDS = {command.name: command for command in (SVD, I2VGEN_XL, ANIMATEDIFF, WAN)}
 ANIMATEDIFF_EXPORT_FPS = 8  # AnimateDiff has no fps conditioning; its guide exports at 8
 
 # Short scheduler names for --scheduler, besides the class names.
@@ -237,6 +281,8 @@ SCHEDULER_ALIASES = {
     "dpm++": schedulers.DPMSolverMultistepScheduler,
     "lcm": schedulers.LCMScheduler,
     "pndm": schedulers.PNDMScheduler,
+    "unipc": schedulers.UniPCMultistepScheduler,
+    "flow-euler": schedulers.FlowMatchEulerDiscreteScheduler,
 }
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 
 from ..demo.checkpoints import DEMO_CALLS, ensure_demo_checkpoints
-from .commands import ANIMATEDIFF, I2VGEN_XL, SVD
+from .commands import ANIMATEDIFF, I2VGEN_XL, SVD, WAN
 from .errors import UsageError
 from .run import run
 
@@ -26,6 +26,7 @@ REAL_COMMANDS = (
     "vidiff svd rocket.png -o rocket.mp4",
     'vidiff i2vgen-xl rocket.png "a rocket flying into space" -o rocket.gif',
     'vidiff animatediff "a rocket flying into space" -o rocket.mp4',
+    'vidiff wan "a rocket flying into space" -o rocket.mp4',
 )
 
 
@@ -66,6 +67,7 @@ def run_demo(explicit: dict[str, Any], show_progress: bool) -> list[Path]:
         (SVD, {"model": str(checkpoints.svd), "image": str(image)}),
         (I2VGEN_XL, {"model": str(checkpoints.i2vgen_xl), "image": str(image), "prompt": PROMPT}),
         (ANIMATEDIFF, {"model": str(checkpoints.sd15), "motion_adapter": str(checkpoints.motion_adapter), "prompt": PROMPT}),
+        (WAN, {"model": str(checkpoints.wan), "prompt": PROMPT}),
     )
     written = [image]
     for command, inputs in runs:

@@ -94,7 +94,7 @@ def check_fits(
 def run_size(command: Command, settings: dict[str, Any], configs: dict[str, dict[str, Any]], dtype: torch.dtype) -> memory.RunSize:
     """The sizes of the call the run will make: its settings, else the pipeline's defaults, else the
     model's (SVD's frames from its UNet, AnimateDiff's size from the UNet's sample size)."""
-    unet, factor = configs["unet"], memory.vae_factor(configs["vae"])
+    unet, factor = configs.get("unet", {}), memory.vae_factor(configs["vae"])  # Wan: no unet, sizes from the call
 
     params = {flag.param for flag in command.flags}
 

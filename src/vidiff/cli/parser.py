@@ -26,6 +26,7 @@ from .adapters import add_adapter_flags
 from .control_inputs import add_control_flags
 from .long_video import add_long_video_flags
 from .single_files import add_single_file_flags
+from .wan import add_wan_flags
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -42,7 +43,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 # What a pipeline's ``None`` default means, per argument.
-NONE_MEANS = {"decode_chunk_size": "all frames at once", "clip_skip": "the last layer", "negative_prompt": "none"}
+NONE_MEANS = {
+    "decode_chunk_size": "all frames at once", "clip_skip": "the last layer", "negative_prompt": "none",
+    "guidance_scale_2": "--guidance-scale",
+}
 
 
 def _describe_default(command: Command, param: str) -> str:
@@ -67,7 +71,7 @@ def _add_pipeline_flags(sub: argparse.ArgumentParser, command: Command) -> None:
     if command.fps_param is None:
         group.add_argument(
             "--fps", dest="export_fps", type=export_rate, metavar="X",
-            help=f"frame rate of the written video (default: {ANIMATEDIFF_EXPORT_FPS})",
+            help=f"frame rate of the written video (default: {command.export_fps or ANIMATEDIFF_EXPORT_FPS})",
         )
 
 
@@ -92,7 +96,7 @@ def _add_model_flags(sub: argparse.ArgumentParser, command: Command) -> None:
         help="scheduler option override, repeatable (e.g. timestep_spacing=trailing); VALUE is read as JSON when it parses",
     )
     group.add_argument("--device", choices=DEVICES, help="auto picks cuda, then mps, then cpu (default: auto)")
-    group.add_argument("--dtype", choices=DTYPES, help="auto: fp16 on CUDA, fp32 elsewhere (default: auto)")
+    group.add_argument("--dtype", choices=DTYPES, help="auto: fp16 on CUDA (bf16 for wan), fp32 elsewhere (default: auto)")
 
 
 def _add_memory_flags(sub: argparse.ArgumentParser) -> None:
@@ -134,7 +138,7 @@ def add_common_flags(sub: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vidiff",
-        description="Text- and image-to-video diffusion: Stable Video Diffusion, I2VGen-XL, AnimateDiff.",
+        description="Text- and image-to-video diffusion: Stable Video Diffusion, I2VGen-XL, AnimateDiff, Wan.",
         epilog="Try `vidiff demo` (tiny random weights, no download), then e.g. `vidiff svd rocket.png -o rocket.mp4`.",
         argument_default=argparse.SUPPRESS,
     )
@@ -145,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.name, help=command.summary, description=command.summary, argument_default=argparse.SUPPRESS,
         )
         _add_pipeline_flags(sub, command)
+        add_wan_flags(sub, command)  # --image, --last-image (`vidiff wan` only)
         _add_model_flags(sub, command)
         _add_memory_flags(sub)
         add_long_video_flags(sub, command)

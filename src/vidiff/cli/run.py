@@ -17,7 +17,7 @@ from .. import __version__, loading
 from ..models.base import PretrainedModel
 from ..models.motion_adapter import MotionAdapter, MotionAdapterConfig
 from ..pipelines import memory
-from . import adapters, control_inputs, control_reading, limits, long_video, memory_levers, outputs, single_files
+from . import adapters, control_inputs, control_reading, limits, long_video, memory_levers, outputs, single_files, wan
 from . import settings as run_settings
 from .commands import ANIMATEDIFF_EXPORT_FPS, Command, scheduler_choices
 from .errors import RunError, UsageError
@@ -28,6 +28,8 @@ logger = logging.getLogger("vidiff.cli")
 def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list[Path]:
     """Make the videos ``explicit`` (the typed flags) asks for; return the written paths."""
     settings, recorded = run_settings.merge(command, explicit)
+    command, wan_images = wan.prepare(command, settings)  # `vidiff wan --image`: the image-to-video pipeline
+    wan.warn_if_images_changed(settings, recorded)
     control_flags = control_inputs.check_flags(command, settings)  # --video, --controlnet, --sparsectrl…
     single_files.check_flags(command, settings)  # a single-file --model: --model-config, no --revision/--variant
     adapter_plan = adapters.check_flags(command, settings)  # --lora, --ip-adapter (its image read now)
@@ -50,10 +52,11 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     limits.check_gif_rate(command, targets, _export_fps(command, settings))
     device = run_settings.pick_device(settings["device"])
     networks, needs_adapter = _check_model(command, settings)
+    wan.check_networks(command, settings, networks)  # an I2V checkpoint without --image, --guidance-scale-2
     long_video.check_with_configs(long, command, settings, networks)  # SVD's length, the motion modules' limit
     control_reading.check_models(control.flags, settings, (networks.get("unet") or (None, None))[1])
-    dtype = run_settings.pick_dtype(settings["dtype"], device)
-    variant = run_settings.pick_variant(settings["variant"], dtype)
+    dtype = run_settings.pick_dtype(wan.dtype_name(command, settings["dtype"], device), device)
+    variant = run_settings.pick_variant(wan.variant_name(command, settings["variant"]), dtype)
     settings = {**settings, "offload": memory_levers.usable(memory_levers.given_levers(settings), device).offload}
     levers = memory_levers.plan(command, settings, networks, device, dtype)
     limits.check_fits(command, settings, networks, device, dtype, levers)
@@ -67,7 +70,8 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     if settings.get("scheduler") or overrides:
         cls = scheduler_choices(command)[settings["scheduler"]] if settings.get("scheduler") else type(pipe.scheduler)
         try:
-            pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
+            carried = wan.scheduler_options(cls, pipe.scheduler.config, overrides)  # flow_shift → shift
+            pipe.scheduler = cls.from_config(pipe.scheduler.config, **carried, **overrides)
         except (TypeError, ValueError) as error:
             raise UsageError(f"--scheduler {cls.__name__}: {error}") from None
     pipe.set_progress_bar_config(disable=not show_progress)
@@ -77,7 +81,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
         call["image"] = image
     if prompt is not None:
         call["prompt"] = long.prompt(prompt)
-    call = adapter_plan.call_arguments(control.call_arguments(call))
+    call = adapter_plan.call_arguments(control.call_arguments({**call, **wan_images}))
     logger.info("generating %d video(s) with %s, seed %d (%s)", videos, type(pipe.scheduler).__name__, seed.value, seed.kind)
     try:
         frames = pipe(**call, generator=seed.generator(), output_type="np").frames  # [B, F, H, W, 3]
@@ -88,6 +92,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     record["resolved"]["levers"] = levers.names() + (["compile"] if settings.get("compile") else [])
     record["resolved"]["long_video"] = long_video_calls  # each enable_*() call, its defaults filled in
     record["resolved"]["pipeline"] = type(pipe).__name__
+    wan.record_images(record["arguments"], record["resolved"])
     if control.flags.video or control.flags.controlnets or control.flags.sparsectrl:
         record["resolved"]["control"] = control.record  # frame count, per-net values, input files' SHA-256
     control_reading.record_arguments(record["arguments"], control)
@@ -227,7 +232,7 @@ def _load(command: Command, settings: dict[str, Any], dtype: torch.dtype, varian
 
 def _export_fps(command: Command, settings: dict[str, Any]) -> float:
     if command.fps_param is None:
-        return settings.get("export_fps") or ANIMATEDIFF_EXPORT_FPS
+        return settings.get("export_fps") or command.export_fps or ANIMATEDIFF_EXPORT_FPS
     return settings.get(command.fps_param) or command.default(command.fps_param)
 
 

@@ -27,6 +27,7 @@ from .adapters import defaults as adapter_defaults
 from .control_inputs import defaults as control_defaults
 from .long_video import defaults as long_video_defaults
 from .parser import subcommand_actions
+from .wan import defaults as wan_defaults
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -69,6 +70,7 @@ def defaults(command: Command) -> dict[str, Any]:
         **long_video_defaults(command),  # prompt travel, FreeNoise, context windows, FreeInit: off
         **control_defaults(command),  # video input, ControlNet, SparseCtrl: off (AnimateDiff only)
         **adapter_defaults(command),  # LoRA, IP-Adapter: none (AnimateDiff only)
+        **wan_defaults(command),  # --image, --last-image: none (Wan only)
     }
 
 

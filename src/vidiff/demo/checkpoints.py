@@ -12,6 +12,7 @@ Layout of ``<home>/demo-checkpoints/<version>/``::
     i2vgen-xl/       I2VGenXLPipeline               (DDIM with I2VGen-XL's scheduler settings)
     sd15/            a Stable Diffusion 1.5 repository (DDIM with the AnimateDiff guide's settings)
     motion-adapter/  MotionAdapter for sd15
+    wan/             WanPipeline                    (Wan 2.1 T2V layout, flow UniPC as released)
     demo_checkpoints.json   written last: marks the folder complete and lists every file with
                             its size and SHA-256, checked on each use (a damaged cache is rebuilt)
 
@@ -48,6 +49,7 @@ from ..pipelines.i2vgen_xl import I2VGenXLPipeline
 from ..pipelines.svd import StableVideoDiffusionPipeline
 from ..schedulers import DDIMScheduler, EulerDiscreteScheduler
 from ..tokenizer import CLIPTokenizer
+from .wan_checkpoint import WAN_RECIPE, build_wan
 from .tokenizer import (
     END_TOKEN,
     START_TOKEN,
@@ -147,13 +149,15 @@ DEMO_CALLS: dict[str, dict] = {
     "svd": dict(height=64, width=96, num_frames=8, num_inference_steps=4, fps=7, decode_chunk_size=8),
     "i2vgen-xl": dict(height=64, width=96, num_frames=8, num_inference_steps=4, target_fps=8, decode_chunk_size=8),
     "animatediff": dict(height=64, width=96, num_frames=8, num_inference_steps=4),
+    # Wan: 4k + 1 frames (9 → 3 latent frames), sizes multiples of 16.
+    "wan": dict(height=64, width=96, num_frames=9, num_inference_steps=4),
 }
 
 
 def _recipe_fingerprint() -> str:
     """A short hash of everything that decides the weights: seed, sizes, schedulers."""
     recipe = [SEED, TEXT_ENCODER, IMAGE_ENCODER, SVD_UNET, SVD_VAE, SD_UNET, MOTION_ADAPTER, KL_VAE,
-              I2VGEN_XL_UNET, I2VGEN_XL_VAE, SVD_XT_SCHEDULER, I2VGEN_XL_SCHEDULER, ANIMATEDIFF_SCHEDULER]
+              I2VGEN_XL_UNET, I2VGEN_XL_VAE, SVD_XT_SCHEDULER, I2VGEN_XL_SCHEDULER, ANIMATEDIFF_SCHEDULER, *WAN_RECIPE]
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -169,18 +173,20 @@ class DemoCheckpoints:
 
     ``svd``: a StableVideoDiffusionPipeline; ``i2vgen_xl``: an I2VGenXLPipeline; ``sd15``: a Stable
     Diffusion 1.5 repository, for ``AnimateDiffPipeline.from_pretrained(sd15, motion_adapter=...)``;
-    ``motion_adapter``: a MotionAdapter for it.
+    ``motion_adapter``: a MotionAdapter for it; ``wan``: a WanPipeline (Wan 2.1 text-to-video).
     """
 
     svd: Path
     i2vgen_xl: Path
     sd15: Path
     motion_adapter: Path
+    wan: Path
 
     @classmethod
     def under(cls, root: Path) -> DemoCheckpoints:
         """The folders as laid out in a build rooted at ``root``."""
-        return cls(svd=root / "svd", i2vgen_xl=root / "i2vgen-xl", sd15=root / "sd15", motion_adapter=root / "motion-adapter")
+        return cls(svd=root / "svd", i2vgen_xl=root / "i2vgen-xl", sd15=root / "sd15", motion_adapter=root / "motion-adapter",
+                   wan=root / "wan")
 
 
 def ensure_demo_checkpoints(home: str | os.PathLike | None = None) -> DemoCheckpoints:
@@ -218,7 +224,7 @@ def _build_and_publish(parent: Path, final: Path) -> DemoCheckpoints:
     building = Path(tempfile.mkdtemp(prefix=f".{__version__}.building-", dir=parent))
     building.chmod(0o755)  # mkdtemp makes it private; the published cache is an ordinary folder
     try:
-        logger.info("building tiny random demo checkpoints (SVD, I2VGen-XL, SD 1.5 + motion adapter) in %s", final)
+        logger.info("building tiny random demo checkpoints (SVD, I2VGen-XL, SD 1.5 + motion adapter, Wan) in %s", final)
         started = time.perf_counter()
         build_demo_checkpoints(building)
         _publish(building, final)
@@ -313,6 +319,7 @@ def build_demo_checkpoints(root: Path) -> DemoCheckpoints:
         _build_sd15(folders, jitter)
         _build_svd(folders.svd, jitter)
         _build_i2vgen_xl(folders.i2vgen_xl, tokenizer, jitter)
+        build_wan(folders.wan, lambda model: _jittered(model, jitter))
     manifest = {"vidiff_version": __version__, "recipe": _recipe_fingerprint(), "seed": SEED, "files": _file_digests(root)}
     loading.write_json(root / MANIFEST, manifest)
     return folders

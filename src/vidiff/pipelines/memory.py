@@ -140,7 +140,12 @@ def dtype_bytes(dtype: torch.dtype) -> int:
 
 
 def vae_factor(vae_config: Mapping[str, Any]) -> int:
-    """Pixels per latent pixel: 2 per downsampling block (8 for every released VAE here)."""
+    """Pixels per latent pixel: 2 per downsampling block (8 for every released VAE here; a Wan VAE,
+    recognised by its ``z_dim``: 8 for Wan 2.1, 16 for Wan 2.2)."""
+    if "z_dim" in vae_config:
+        from .memory_wan import wan_vae_factor
+
+        return wan_vae_factor(vae_config)
     return 2 ** (len(vae_config.get("block_out_channels", (128, 256, 512, 512))) - 1)
 
 
@@ -149,7 +154,13 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """The memory of a run of ``size`` with components ``configs`` (``"unet"`` and ``"vae"``: their
     config.json dicts) holding ``parameters`` weights in all (see :func:`count_parameters`; a
-    :class:`WeightSizes` from :func:`weight_sizes` lets offload be counted), with ``levers`` on."""
+    :class:`WeightSizes` from :func:`weight_sizes` lets offload be counted), with ``levers`` on.
+    Wan's configs (``"transformer"`` instead of ``"unet"``) go to :mod:`memory_wan`."""
+    sizes = parameters if isinstance(parameters, WeightSizes) else WeightSizes(parameters, parameters, parameters)
+    from .memory_wan import estimate_wan_memory, is_wan  # imported here: memory_wan builds on this module
+
+    if is_wan(configs):
+        return estimate_wan_memory(configs, sizes, size, levers)
     unet, vae = configs["unet"], configs["vae"]
     element = dtype_bytes(size.dtype)
     factor = vae_factor(vae)
@@ -161,14 +172,13 @@ def estimate_memory(
     per_image = _unet_elements_per_image(unet, latent_h, latent_w, levers.forward_chunking)
     # With context windows the denoiser sees one window of frames at a time (its sums: in the latents).
     denoised_images = images if size.window_frames is None else images // size.num_frames * min(size.window_frames, size.num_frames)
-    sizes = parameters if isinstance(parameters, WeightSizes) else WeightSizes(parameters, parameters, parameters)
     on_device = {None: None, "model": sizes.largest_network, "sequential": sizes.largest_layer}[levers.offload]
     return MemoryEstimate(
         weights=sizes.total * element,
         latents=latents,
         denoiser_activations=denoised_images * per_image * element,
         vae_decode=_vae_decode_bytes(vae, size, element, levers.vae_tiling),
-        output_frames=_output_bytes(size),
+        output_frames=output_bytes(size),
         device_weights=None if on_device is None else on_device * element,
     )
 
@@ -216,7 +226,8 @@ def tile_side(vae: Mapping[str, Any]) -> int:
     return int(side[0] if isinstance(side, (list, tuple)) else side)
 
 
-def _output_bytes(size: RunSize) -> int:
+def output_bytes(size: RunSize) -> int:
+    """Bytes of the run's output: the frames as float32 numpy and one video as uint8."""
     values = size.videos * size.num_frames * size.height * size.width * 3
     # float32 frames and one float32 transient of the [-1, 1] → [0, 1] conversion; one video as uint8.
     return values * 8 + values // size.videos
@@ -333,7 +344,10 @@ def _cgroup_limits() -> list[int]:
 def too_small(configs: Mapping[str, Mapping[str, Any]], height: int, width: int) -> str | None:
     """Why ``height`` × ``width`` is below what the models work at, or None. GroupNorm needs more than
     one value per group; at the VAE's latent resolution (and the UNet's deepest level) a group holds
-    channels/groups × pixels values, so a 1×1 map works only with two channels per group or more."""
+    channels/groups × pixels values, so a 1×1 map works only with two channels per group or more.
+    Wan (no UNet, RMS norms) has no such minimum here: its pipelines check their size multiples."""
+    if "unet" not in configs:
+        return None
     vae, unet = configs["vae"], configs["unet"]
     factor = vae_factor(vae)
     latent_h, latent_w = math.ceil(height / factor), math.ceil(width / factor)
