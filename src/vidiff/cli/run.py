@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import importlib.metadata
@@ -9,6 +10,7 @@ import logging
 import platform
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,12 +23,31 @@ from . import adapters, control_inputs, control_reading, limits, long_video, mem
 from . import settings as run_settings
 from .commands import ANIMATEDIFF_EXPORT_FPS, Command, scheduler_choices
 from .errors import RunError, UsageError
+from .pipeline_cache import PipelineCache, pipeline_key
 
 logger = logging.getLogger("vidiff.cli")
 
 
-def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list[Path]:
+@dataclasses.dataclass
+class RunHooks:
+    """What a long-lived caller (the server, a batch worker) adds to a run.
+
+    ``pipelines``: loaded pipelines kept between runs (a run whose loading settings equal an earlier
+    one's reuses its pipeline). ``on_step(done, total)``: called after every denoising step; it may
+    raise (e.g. :class:`Cancelled`) to stop the run before anything is written.
+    """
+
+    pipelines: PipelineCache | None = None
+    on_step: Callable[[int, int], None] | None = None
+
+
+class Cancelled(Exception):
+    """Raised from ``on_step`` to stop a run: nothing is written."""
+
+
+def run(command: Command, explicit: dict[str, Any], show_progress: bool, hooks: RunHooks | None = None) -> list[Path]:
     """Make the videos ``explicit`` (the typed flags) asks for; return the written paths."""
+    hooks = hooks or RunHooks()
     settings, recorded = run_settings.merge(command, explicit)
     command, wan_images = wan.prepare(command, settings)  # `vidiff wan --image`: the image-to-video pipeline
     wan.warn_if_images_changed(settings, recorded)
@@ -62,18 +83,26 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     limits.check_fits(command, settings, networks, device, dtype, levers)
     logger.info("device %s, dtype %s%s", device, str(dtype).removeprefix("torch."), f", {variant} weights" if variant else "")
 
-    # Offloaded networks load on the CPU (the offload hooks move them); the others straight onto the device.
-    pipe = _load(command, settings, dtype, variant, None if levers.offload else device, needs_adapter, control)
-    adapter_record = adapters.apply(pipe, adapter_plan, settings.get("offline") or None)  # before offload hooks and compile
-    memory_levers.apply(pipe, levers, bool(settings.get("compile")), device)
-    long_video_calls = long_video.apply(pipe, long)
-    if settings.get("scheduler") or overrides:
-        cls = scheduler_choices(command)[settings["scheduler"]] if settings.get("scheduler") else type(pipe.scheduler)
-        try:
-            carried = wan.scheduler_options(cls, pipe.scheduler.config, overrides)  # flow_shift → shift
-            pipe.scheduler = cls.from_config(pipe.scheduler.config, **carried, **overrides)
-        except (TypeError, ValueError) as error:
-            raise UsageError(f"--scheduler {cls.__name__}: {error}") from None
+    def build() -> tuple[Any, Any, Any]:
+        # Offloaded networks load on the CPU (the offload hooks move them); the others straight onto the device.
+        pipe = _load(command, settings, dtype, variant, None if levers.offload else device, needs_adapter, control)
+        adapter_record = adapters.apply(pipe, adapter_plan, settings.get("offline") or None)  # before offload hooks and compile
+        memory_levers.apply(pipe, levers, bool(settings.get("compile")), device)
+        long_video_calls = long_video.apply(pipe, long)
+        if settings.get("scheduler") or overrides:
+            cls = scheduler_choices(command)[settings["scheduler"]] if settings.get("scheduler") else type(pipe.scheduler)
+            try:
+                carried = wan.scheduler_options(cls, pipe.scheduler.config, overrides)  # flow_shift → shift
+                pipe.scheduler = cls.from_config(pipe.scheduler.config, **carried, **overrides)
+            except (TypeError, ValueError) as error:
+                raise UsageError(f"--scheduler {cls.__name__}: {error}") from None
+        return pipe, adapter_record, long_video_calls
+
+    if hooks.pipelines is None:
+        pipe, adapter_record, long_video_calls = build()
+    else:
+        key = pipeline_key(command, settings, dtype, variant, device, levers.names())
+        pipe, adapter_record, long_video_calls = hooks.pipelines.get(key, build)
     pipe.set_progress_bar_config(disable=not show_progress)
 
     call = {flag.param: settings[flag.param] for flag in command.flags if settings.get(flag.param) is not None}
@@ -82,6 +111,8 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     if prompt is not None:
         call["prompt"] = long.prompt(prompt)
     call = adapter_plan.call_arguments(control.call_arguments({**call, **wan_images}))
+    if hooks.on_step is not None:
+        call["callback_on_step_end"] = _step_callback(hooks.on_step, settings.get("num_inference_steps") or command.default("num_inference_steps"))
     logger.info("generating %d video(s) with %s, seed %d (%s)", videos, type(pipe.scheduler).__name__, seed.value, seed.kind)
     try:
         frames = pipe(**call, generator=seed.generator(), output_type="np").frames  # [B, F, H, W, 3]
@@ -110,6 +141,16 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool) -> list
     for target in targets:
         logger.info("wrote %s", target.path)
     return [target.path for target in targets]
+
+
+def _step_callback(on_step: Callable[[int, int], None], total: int) -> Callable[..., dict]:
+    """diffusers' ``callback_on_step_end`` reporting (step, total) after each denoising step."""
+
+    def callback(pipe: Any, index: int, timestep: Any, tensors: dict) -> dict:
+        on_step(min(index + 1, total), total)
+        return {}
+
+    return callback
 
 
 def _warn_if_image_changed(image: str, recorded: dict[str, Any]) -> None:
