@@ -77,3 +77,12 @@ def vidiff_i2vgen_xl(tiny_i2vgen_xl):
     pipe = I2VGenXLPipeline.from_pretrained(tiny_i2vgen_xl[0])
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoints(tmp_path_factory):
+    """The demo's tiny random checkpoints (``.svd``, ``.wan``, ``.i2vgen_xl``, ``.sd15``, ``.motion_adapter``
+    folders), built once per test run by vidiff itself; for the server, batch and job tests."""
+    from vidiff.demo.checkpoints import ensure_demo_checkpoints
+
+    return ensure_demo_checkpoints(tmp_path_factory.mktemp("demo-home"))
