@@ -119,6 +119,7 @@ def parse_job(job: Mapping[str, Any]) -> tuple[Command, dict[str, Any], list[str
     Raises :class:`UsageError` with the flag's own message. Paths in the job (image, model…) are
     taken as given: the caller decides which it trusts.
     """
+    _pipeline(job)
     formats = check_outputs(job)
     explicit = vars(build_parser().parse_args(job_argv(job)))
     name = explicit.pop("command")
