@@ -50,13 +50,17 @@ RULES: dict[str, set[str]] = {
     # fixtures for the demo and the tests: outside the core, used only by the command line
     "demo": {"models", "schedulers", "pipelines", VERSION} | LEAVES,
     # the command line sits on top and may use everything; `python -m vidiff` runs it
-    "cli": CORE | LEAVES | {"demo", VERSION},
+    "cli": CORE | LEAVES | {"demo", VERSION, "batch", "server"},  # `vidiff batch`/`serve` dispatch there
+    # `vidiff batch`: runs jobs through the command line's run(); Ray only inside it
+    "batch": {"cli"},
+    # `vidiff serve`: the HTTP job queue over the command line's run()
+    "server": {"cli", VERSION},
     "__main__": {"cli"},
     # the package root re-exports the public API (never the command line or the fixtures)
     "__init__": CORE | LEAVES,
 }
 # The only parts that may import the command line or the fixtures.
-ABOVE_THE_LIBRARY = {"cli", "__main__"}
+ABOVE_THE_LIBRARY = {"cli", "__main__", "batch", "server"}
 
 
 def _vidiff_imports(path: Path) -> set[str]:

@@ -66,9 +66,17 @@ def _main(argv: Sequence[str] | None) -> int:
         explicit = vars(build_parser().parse_args(argv))
         name = explicit.pop("command", None)
         if name is None:
-            raise UsageError("choose a command: svd, i2vgen-xl, animatediff, wan or demo (see `vidiff --help`)")
+            raise UsageError("choose a command: svd, i2vgen-xl, animatediff, wan, demo, serve or batch (see `vidiff --help`)")
         _configure_logging(explicit.get("quiet", False))
         show_progress = not explicit.get("quiet", False) and (sys.stderr.isatty() or explicit.get("progress", False))
+        if name == "batch":
+            from ..batch.command import main_batch
+
+            return main_batch(explicit, show_progress)
+        if name == "serve":
+            from ..server.serve import serve
+
+            return serve(explicit)
         if name == "demo":
             from .demo import run_demo
 

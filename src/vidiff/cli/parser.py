@@ -16,6 +16,8 @@ from .commands import (
     Command,
     export_rate,
     non_negative_float,
+    non_negative_int,
+    positive_int,
     numpy_seed,
     scheduler_choices,
     torch_seed,
@@ -25,6 +27,7 @@ from .errors import UsageError
 from .adapters import add_adapter_flags
 from .control_inputs import add_control_flags
 from .long_video import add_long_video_flags
+from .serve_flags import add_serve_parser
 from .single_files import add_single_file_flags
 from .wan import add_wan_flags
 
@@ -166,7 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", metavar="FOLDER", help="where the videos go (default: ./vidiff-demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace videos left by an earlier demo")
     add_common_flags(demo)
+    add_serve_parser(subcommands, add_common_flags)  # `vidiff serve`
+    _add_batch_parser(subcommands)
     return parser
+
+
+def _add_batch_parser(subcommands) -> None:
+    """``vidiff batch JOBS --out FOLDER``: a JSON Lines file of jobs (see :mod:`vidiff.batch`)."""
+    batch = subcommands.add_parser(
+        "batch", help="run a file of jobs (one JSON object per line) on the local GPUs, the CPU or a Ray cluster",
+        description="Run every job of JOBS (JSON Lines: one job per line, in the schema of a vidiff sidecar: "
+        '{"pipeline": "wan", "prompt": "a cat", "outputs": ["mp4"]}). Every line is checked first; jobs whose '
+        "outputs are all in --out already are skipped, so a rerun resumes. Exit status: 0 all done, 1 some failed, "
+        "2 a bad jobs file (nothing ran).",
+        argument_default=argparse.SUPPRESS,
+    )
+    batch.add_argument("jobs", metavar="JOBS", help="the jobs file (.jsonl)")
+    batch.add_argument("--out", required=True, metavar="FOLDER", help="where the videos go: <FOLDER>/<name>.<format> (created if missing)")
+    batch.add_argument("--ray", metavar="ADDRESS", help="run on Ray actors, one per GPU: auto (a local or RAY_ADDRESS cluster) or a cluster address (needs pip install 'vidiff[ray]')")
+    batch.add_argument("--retries", type=non_negative_int, metavar="N", help="with --ray: run a job again up to N times when its worker dies (default: 2)")
+    batch.add_argument("--device", choices=DEVICES[:3], help="auto: one worker per CUDA GPU, else one on the CPU (default: auto)")
+    batch.add_argument("--pipelines-kept", type=positive_int, metavar="N", help="loaded pipelines each worker keeps between jobs (default: 2)")
+    add_common_flags(batch)
 
 
 def subcommand_actions(name: str) -> dict[str, argparse.Action]:
