@@ -96,6 +96,25 @@ def test_the_cache_evicts_the_least_recently_used():
         PipelineCache(capacity=0)
 
 
+def test_the_cache_evicts_when_free_memory_runs_short():
+    free = {"bytes": 10}
+    cache = PipelineCache(capacity=3, free_memory=lambda device: free["bytes"])
+    cache.get("a", lambda: "A", needed_bytes=5)
+    cache.get("b", lambda: "B", needed_bytes=5)
+    assert cache.keys() == ["a", "b"]  # enough free memory: both kept
+    free["bytes"] = 4  # the next model needs more than is free: evict the least recently used
+    evicted = []
+
+    def build_c():
+        evicted.append(list(cache.keys()))
+        return "C"
+
+    cache.get("c", build_c, needed_bytes=6)
+    assert evicted == [[]] and cache.keys() == ["c"]  # free memory stayed short, so all were evicted
+    cache.get("d", lambda: "D", needed_bytes=None)  # no estimate: only the capacity bounds the cache
+    assert cache.keys() == ["c", "d"]
+
+
 def test_a_cancelled_run_writes_nothing(demo_checkpoints, tmp_path):
     def cancel(done, total):
         if done == 1:

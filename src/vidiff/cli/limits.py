@@ -66,16 +66,18 @@ def check_gif_rate(command: Command, targets: list[Target], fps: float) -> None:
 def check_fits(
     command: Command, settings: dict[str, Any], networks: Mapping[str, tuple[type, Mapping[str, Any]]],
     device: torch.device, dtype: torch.dtype, levers: memory.Levers = memory.Levers(),
-) -> None:
+) -> int | None:
     """Refuse sizes below the model's minimum, and runs whose estimated memory (with ``levers`` on)
     clearly exceeds the device's. ``networks``: what will load (:func:`memory.network_configs`, plus
-    any motion adapter). Networks that cannot be built are left to the loader to report."""
+    any motion adapter). Networks that cannot be built are left to the loader to report.
+
+    Returns the estimated peak bytes on ``device`` (None when there is no estimate)."""
     try:
         configs, parameters = memory.weight_sizes(networks)
         size = run_size(command, settings, configs, dtype)
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.debug("no memory estimate: %s", error)
-        return
+        return None
     reason = memory.too_small(configs, size.height, size.width)
     if reason:
         raise UsageError(f"--height {size.height} --width {size.width}: {reason}")
@@ -89,6 +91,7 @@ def check_fits(
             f"this run needs about {_gb(needed)} of memory ({_breakdown(estimate)}), and "
             f"{'the GPU' if device.type == 'cuda' else 'this machine'} has {_gb(available)}; {fits}"
         )
+    return needed
 
 
 def run_size(command: Command, settings: dict[str, Any], configs: dict[str, dict[str, Any]], dtype: torch.dtype) -> memory.RunSize:

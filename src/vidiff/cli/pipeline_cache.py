@@ -8,6 +8,7 @@ get the same pipeline object, so a worker that serves many jobs of one model loa
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..pipelines import memory
 from .commands import Command
 
 logger = logging.getLogger("vidiff.cli")
@@ -47,15 +49,19 @@ def pipeline_key(
 class PipelineCache:
     """At most ``capacity`` loaded pipelines, least recently used evicted first.
 
-    ``get(key, build)`` returns the cached value for ``key`` or calls ``build()`` (its result is
-    cached). When ``build`` runs out of memory, every other pipeline is evicted and it is tried once
+    ``get(key, build, needed_bytes=…, device=…)`` returns the cached value for ``key`` or calls
+    ``build()`` (its result is cached). Before a build, least recently used pipelines are evicted
+    while the device's free memory (``free_memory(device)``, default
+    :func:`vidiff.pipelines.memory.free_memory`) is below the run's estimated ``needed_bytes``; and
+    when ``build`` still runs out of memory, every other pipeline is evicted and it is tried once
     more. Thread-safe: one build at a time.
     """
 
-    def __init__(self, capacity: int = 2) -> None:
+    def __init__(self, capacity: int = 2, free_memory: Callable[[torch.device], int] | None = None) -> None:
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise ValueError(f"`capacity` must be an integer ≥ 1 (pipelines kept loaded), got {capacity!r}")
         self.capacity = capacity
+        self._free_memory = free_memory or memory.free_memory
         self._entries: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.RLock()
         self.loads = 0  # how many times build() ran (tests and logs read it)
@@ -67,13 +73,17 @@ class PipelineCache:
         """The cached keys, least recently used first."""
         return list(self._entries)
 
-    def get(self, key: str, build: Callable[[], Any]) -> Any:
+    def get(
+        self, key: str, build: Callable[[], Any], needed_bytes: int | None = None, device: torch.device | str = "cpu"
+    ) -> Any:
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
             while len(self._entries) >= self.capacity:
                 self._evict_oldest()
+            while self._entries and needed_bytes is not None and self._free_memory(torch.device(device)) < needed_bytes:
+                self._evict_oldest()  # memory runs short: make room before loading
             try:
                 value = build()
             except torch.OutOfMemoryError:
@@ -85,7 +95,7 @@ class PipelineCache:
             return value
 
     def _evict_oldest(self) -> None:
-        key, _ = self._entries.popitem(last=False)
+        self._entries.popitem(last=False)
         logger.info("evicting a cached pipeline to make room")
         _free_accelerator_memory()
 
@@ -97,5 +107,6 @@ class PipelineCache:
 
 
 def _free_accelerator_memory() -> None:
+    gc.collect()  # the evicted pipeline's tensors go now, not at the next collection
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

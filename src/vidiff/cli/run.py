@@ -80,7 +80,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool, hooks: 
     variant = run_settings.pick_variant(wan.variant_name(command, settings["variant"]), dtype)
     settings = {**settings, "offload": memory_levers.usable(memory_levers.given_levers(settings), device).offload}
     levers = memory_levers.plan(command, settings, networks, device, dtype)
-    limits.check_fits(command, settings, networks, device, dtype, levers)
+    needed = limits.check_fits(command, settings, networks, device, dtype, levers)
     logger.info("device %s, dtype %s%s", device, str(dtype).removeprefix("torch."), f", {variant} weights" if variant else "")
 
     def build() -> tuple[Any, Any, Any]:
@@ -102,7 +102,7 @@ def run(command: Command, explicit: dict[str, Any], show_progress: bool, hooks: 
         pipe, adapter_record, long_video_calls = build()
     else:
         key = pipeline_key(command, settings, dtype, variant, device, levers.names())
-        pipe, adapter_record, long_video_calls = hooks.pipelines.get(key, build)
+        pipe, adapter_record, long_video_calls = hooks.pipelines.get(key, build, needed_bytes=needed, device=device)
     pipe.set_progress_bar_config(disable=not show_progress)
 
     call = {flag.param: settings[flag.param] for flag in command.flags if settings.get(flag.param) is not None}
