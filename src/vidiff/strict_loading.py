@@ -8,7 +8,7 @@ counted, so a foreign or corrupt file never produces an unreadable message.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import Any, Protocol, runtime_checkable
 
@@ -53,6 +53,7 @@ def load_state_dict_strict(
     device: torch.device | str | None = None,
     ignore_unexpected: Sequence[str] = (),
     source: str | None = None,
+    keep_float32: Callable[[str], bool] | None = None,
 ) -> None:
     """Load ``state`` into a model built on the ``meta`` device; every key must match exactly.
 
@@ -62,6 +63,8 @@ def load_state_dict_strict(
     be tensors or :class:`LazyTensor` handles, checked by their headers and read one at a time. Tensors are
     assigned, not copied, so no second copy of the weights is allocated; floating-point tensors are cast
     to ``dtype`` if given (integer buffers keep theirs) and everything goes to ``device`` (default CPU).
+    With ``dtype`` given, floating-point tensors whose key ``keep_float32`` accepts are cast to float32
+    instead (layers the reference keeps in float32 in half precision).
     """
     check_dtype(dtype)
     try:
@@ -79,6 +82,8 @@ def load_state_dict_strict(
         value = state[key]
         tensor = value.load() if isinstance(value, LazyTensor) else value
         cast = dtype if dtype is not None and tensor.is_floating_point() else None
+        if cast is not None and keep_float32 is not None and keep_float32(key):
+            cast = torch.float32
         placed[key] = tensor.to(device=target, dtype=cast)
         del tensor
     try:

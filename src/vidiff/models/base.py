@@ -99,14 +99,22 @@ class PretrainedModel(nn.Module):
     ) -> M:
         """Build from ``config`` on the meta device, then load ``state`` (tensors or lazy handles, in
         this model's names) strictly into it, cast to ``dtype`` (default float32) and placed on
-        ``device`` (default CPU); ``source`` names the weights in error messages."""
+        ``device`` (default CPU); ``source`` names the weights in error messages. Parameters
+        :meth:`keeps_float32` names stay float32 whatever ``dtype``."""
         dtype = loading.pick_dtype(dtype, None)
         with torch.device("meta"):
             model = cls.from_config(config)
         loading.load_state_dict_strict(
-            model, state, dtype=dtype, device=device, ignore_unexpected=cls.ignored_checkpoint_keys, source=source
+            model, state, dtype=dtype, device=device, ignore_unexpected=cls.ignored_checkpoint_keys, source=source,
+            keep_float32=lambda key: cls.keeps_float32(key, dtype),
         )
         return model.eval()
+
+    @classmethod
+    def keeps_float32(cls, key: str, dtype: torch.dtype) -> bool:
+        """Whether the parameter ``key`` stays float32 when the model loads in ``dtype`` (the reference
+        keeps some layers in float32 in half precision). The default: none does."""
+        return False
 
     @classmethod
     def rename_legacy_keys(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

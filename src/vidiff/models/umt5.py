@@ -11,13 +11,11 @@ version 5; a file that also (or only) holds ``encoder.embed_tokens.weight`` load
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from .. import loading
 from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from .base import PretrainedModel
 from .clip_layers import check_activation
@@ -149,21 +147,6 @@ def check_token_inputs(config: UMT5Config, input_ids: Any, attention_mask: Any) 
         )
 
 
-class _StoredAs:
-    """A checkpoint tensor (or lazy handle) that loads cast to ``dtype`` when floating point."""
-
-    def __init__(self, value: Any, dtype: torch.dtype) -> None:
-        self.value, self.shape = value, value.shape
-        self.dtype = dtype if value.is_floating_point() else value.dtype
-
-    def is_floating_point(self) -> bool:
-        return self.value.is_floating_point()
-
-    def load(self) -> torch.Tensor:
-        tensor = self.value if isinstance(self.value, torch.Tensor) else self.value.load()
-        return tensor.to(self.dtype)
-
-
 @dataclasses.dataclass
 class UMT5EncoderOutput:
     """``last_hidden_state`` [B, L, d_model]: the encoder's output after ``final_layer_norm``."""
@@ -207,30 +190,9 @@ class UMT5EncoderModel(PretrainedModel):
         return state
 
     @classmethod
-    def from_state(
-        cls,
-        config: Any,
-        state: Mapping[str, Any],
-        *,
-        source: str,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> UMT5EncoderModel:
-        """:meth:`PretrainedModel.from_state`, accepting the tied alias and keeping ``wo`` in float32
-        when ``dtype`` is float16."""
-        state = cls.rename_legacy_keys(dict(state))
-        dtype = loading.pick_dtype(dtype, None)
-        if dtype != torch.float16:
-            return super().from_state(config, state, source=source, dtype=dtype, device=device)
-        state = {
-            key: _StoredAs(value, torch.float32 if key.endswith(cls.float32_in_float16) else torch.float16)
-            if isinstance(value, torch.Tensor) or hasattr(value, "load") else value
-            for key, value in state.items()
-        }
-        with torch.device("meta"):
-            model = cls.from_config(config)
-        loading.load_state_dict_strict(model, state, dtype=None, device=device, source=source)
-        return model.eval()
+    def keeps_float32(cls, key: str, dtype: torch.dtype) -> bool:
+        """In float16, the feed-forward output projections ``wo`` stay float32 (transformers' rule)."""
+        return dtype == torch.float16 and key.endswith(cls.float32_in_float16)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``input_ids`` [B, L] and ``attention_mask`` [B, L] (1 = token, 0 = padding; None = all tokens)

@@ -97,7 +97,7 @@ class UMT5LayerSelfAttention(nn.Module):
 
 
 def _to_output_dtype(hidden_states: torch.Tensor, output: nn.Linear) -> torch.Tensor:
-    # `wo` may be kept in float32 while the rest is float16 (see UMT5EncoderModel.from_state): the
+    # `wo` may be kept in float32 while the rest is float16 (see UMT5EncoderModel.keeps_float32): the
     # projection then runs, and its residual sum continues, in float32 — as in transformers.
     return hidden_states.to(output.weight.dtype) if hidden_states.dtype != output.weight.dtype else hidden_states
 

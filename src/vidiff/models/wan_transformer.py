@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -27,7 +26,6 @@ from ..config import COUNT, SIZE, WIDTH, Config, ranges
 from ..layers.embeddings import batch_timesteps
 from ..layers.normalization import Float32LayerNorm
 from ..layers.rotary import rotary_axis_dims, rotary_tables_3d
-from ..strict_loading import LazyTensor
 from .base import PretrainedModel
 from .wan_transformer_blocks import WanConditionEmbedder, WanTransformerBlock, modulation
 
@@ -139,28 +137,9 @@ class WanTransformer3DModel(PretrainedModel):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     @classmethod
-    def from_state(
-        cls,
-        config: Any,
-        state: Mapping[str, Any],
-        *,
-        source: str,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> WanTransformer3DModel:
-        """As :meth:`PretrainedModel.from_state`; for any ``dtype`` but float32 the :data:`FLOAT32_PARTS`
-        are then reloaded in float32 from ``state``, as diffusers keeps them."""
-        model = super().from_state(config, state, source=source, dtype=dtype, device=device)
-        if dtype is None or dtype == torch.float32:
-            return model
-        kept = {}
-        for name, parameter in model.named_parameters():
-            if any(part in name.split(".") for part in FLOAT32_PARTS):
-                value = state[name]
-                tensor = value.load() if isinstance(value, LazyTensor) else value
-                kept[name] = tensor.to(device=parameter.device, dtype=torch.float32)
-        model.load_state_dict(kept, strict=False, assign=True)
-        return model
+    def keeps_float32(cls, key: str, dtype: torch.dtype) -> bool:
+        """In any dtype, the :data:`FLOAT32_PARTS` stay float32, as diffusers keeps them."""
+        return any(part in key.split(".") for part in FLOAT32_PARTS)
 
     @property
     def dtype(self) -> torch.dtype:
