@@ -3,11 +3,14 @@
 Each attention head's channels are split into three bands, one per grid axis; inside a band,
 consecutive channel pairs ``(2i, 2i+1)`` are rotated by the angle ``position · θ^(−2i/band)`` of
 the token's coordinate on that axis (Su et al. 2021, "RoFormer"; the 3-D split is the one Wan's
-video transformers were trained with). The tables are computed on the fly, not stored, so models
-hold no non-persistent buffers.
+video transformers were trained with). The tables are computed when first asked for and kept per
+(grid, device) in a small cache, not in the model, so models hold no non-persistent buffers and a
+denoising run computes them once, not at every step.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -49,6 +52,12 @@ def rotary_tables_3d(
             f"the token grid (frames, height, width) = {tuple(grid)} has an axis longer than the "
             f"rotary embedding's rope_max_seq_len={max_positions}; use fewer frames or a smaller size"
         )
+    return _tables(head_dim, tuple(grid), theta, str(torch.device("cpu" if device is None else device)))
+
+
+@functools.lru_cache(maxsize=8)
+def _tables(head_dim: int, grid: tuple[int, int, int], theta: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # Shared by every call with these arguments: callers only read them.
     frames, height, width = grid
     bands = rotary_axis_dims(head_dim)
     angles = [_axis_angles(band, size, theta) for band, size in zip(bands, grid)]

@@ -198,12 +198,13 @@ class WanPipelineBase(Pipeline):
             if "condition" in cond:
                 x = torch.cat([x, cond["condition"]], dim=1)  # [B', C + C_cond, f, h, w]
             return x, timestep.expand(batch)
-        mask = cond.get("mask")
-        if mask is None:
-            mask = torch.ones((1, 1, *x.shape[2:]), dtype=torch.float32, device=x.device)
-        else:
-            x = (1 - mask) * cond["condition"] + mask * x
         _, patch_h, patch_w = self._main_transformer.config.patch_size
+        mask = cond.get("mask")
+        if mask is None:  # text-to-video: every token at t
+            frames, height, width = x.shape[2:]
+            tokens = frames * (height // patch_h) * (width // patch_w)
+            return x, timestep.to(torch.float32).expand(batch, tokens)
+        x = (1 - mask) * cond["condition"] + mask * x
         # One timestep per token: the mask of the first video at every patch's top-left cell.
         tokens = (mask[0, 0][:, ::patch_h, ::patch_w] * timestep).flatten()  # [f·h'·w'] float32
         return x, tokens.unsqueeze(0).expand(batch, -1)
@@ -213,10 +214,9 @@ class WanPipelineBase(Pipeline):
         # "image_embeds" [B', 257·k, D'], "condition" [B', C', f, h, w] and "mask" [B', 1, f, h, w].
         model = self._expert(timestep)
         hidden, timesteps = self._denoiser_input(x, timestep, cond)
-        output = model(
-            hidden.to(model.dtype), timesteps, cond["text"].to(model.dtype),
-            encoder_hidden_states_image=None if "image_embeds" not in cond else cond["image_embeds"].to(model.dtype),
-        )
+        # The transformer casts its inputs to its compute dtype (the text and image states are
+        # already in it: cast once when the conditioning was built).
+        output = model(hidden, timesteps, cond["text"], encoder_hidden_states_image=cond.get("image_embeds"))
         # In the transformer's dtype, as diffusers hands it to guidance and the scheduler (the flow
         # steppers keep the float32 sample where diffusers' UniPC does).
         return output
@@ -284,13 +284,14 @@ class WanPipelineBase(Pipeline):
         self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided: bool,
         max_sequence_length: int, device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Prompt (and, with guidance, negative-prompt) states [N, L, D], one row per prompt."""
+        """Prompt (and, with guidance, negative-prompt) states [N, L, D], one row per prompt, in the
+        transformer's dtype."""
         prompt_io.check_prompt_arguments(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
         if prompt_embeds is None:
             prompt_embeds = wan_prompts.encode_wan_prompts(
                 self.tokenizer, self.text_encoder, prompt_io.as_prompt_list(prompt), max_sequence_length, device
             )
-        prompt_embeds = prompt_embeds.to(device)
+        prompt_embeds = prompt_embeds.to(device=device, dtype=self.dtype)  # the transformer's, once for every step
         if not guided:
             return prompt_embeds, None
         if negative_prompt_embeds is None:
@@ -303,7 +304,7 @@ class WanPipelineBase(Pipeline):
                 f"`negative_prompt_embeds` has {negative_prompt_embeds.shape[0]} rows but there are "
                 f"{prompt_embeds.shape[0]} prompts; give one row per prompt"
             )
-        return prompt_embeds, negative_prompt_embeds.to(device)
+        return prompt_embeds, negative_prompt_embeds.to(device=device, dtype=self.dtype)
 
     def _plan(self, num_inference_steps: int, device: torch.device) -> SamplingPlan:
         """The scheduler's plan; it must sample in flow space (Wan predicts flow velocities)."""

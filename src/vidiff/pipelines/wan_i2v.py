@@ -193,7 +193,7 @@ class WanImageToVideoPipeline(WanPipelineBase):
             if last_image is not None:  # [first…, last…] → per video [first ‖ last] along the tokens
                 half = image_embeds.shape[0] // 2
                 image_embeds = torch.cat([image_embeds[:half], image_embeds[half:]], dim=1)
-        return image_embeds.to(device)
+        return image_embeds.to(device=device, dtype=self.dtype)  # the transformer's, once for every step
 
     def _condition_latents(self, first: torch.Tensor, last: torch.Tensor | None, num_frames: int, device: torch.device) -> torch.Tensor:
         """The normalised VAE-mode latents of the conditioning video, with Wan 2.1's mask channels
