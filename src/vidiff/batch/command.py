@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TextIO
 
 from ..cli.errors import UsageError
+from ..cli.settings import WORKER_DEVICES
 from .jobs_file import read_jobs
-from .local import DEVICES, run_local
+from .local import run_local
 from .plan import split_finished
 from .worker import Outcome
 
@@ -90,8 +91,8 @@ def run_batch(
 def _check_options(retries: int, device: str, pipelines_kept: int) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise UsageError(f"--retries must be an integer ≥ 0, got {retries!r}")
-    if device not in DEVICES:
-        raise UsageError(f"--device must be one of {list(DEVICES)}, got {device!r}")
+    if device not in WORKER_DEVICES:
+        raise UsageError(f"--device must be one of {list(WORKER_DEVICES)}, got {device!r}")
     if isinstance(pipelines_kept, bool) or not isinstance(pipelines_kept, int) or pipelines_kept < 1:
         raise UsageError(f"--pipelines-kept must be an integer ≥ 1, got {pipelines_kept!r}")
 

@@ -12,24 +12,15 @@ from pathlib import Path
 
 import torch
 
-from ..cli.errors import UsageError
+from ..cli.settings import worker_devices
 from .jobs_file import BatchJob
 from .plan import Report, group_by_model
 from .worker import BatchWorker, Outcome
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
 def local_devices(device: str) -> list[int | None]:
-    """The workers to start: CUDA device indices, or ``[None]`` for one CPU worker."""
-    if device not in DEVICES:
-        raise UsageError(f"--device must be one of {list(DEVICES)}, got {device!r}")
-    cuda = torch.cuda.is_available()
-    if device == "cuda" and not cuda:
-        raise UsageError(f"--device cuda: no CUDA device here (torch {torch.__version__}); use --device cpu or auto")
-    if device == "cpu" or not cuda:
-        return [None]
-    return list(range(torch.cuda.device_count()))
+    """The workers to start (:func:`~vidiff.cli.settings.worker_devices`): CUDA device indices, or
+    ``[None]`` for one CPU worker."""
+    return [None if name == "cpu" else torch.device(name).index for name in worker_devices(device)]
 
 
 def run_local(jobs: list[BatchJob], out: Path, device: str, pipelines_kept: int, report: Report) -> list[Outcome]:

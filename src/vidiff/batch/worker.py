@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from ..cli.errors import RunError, UsageError
+from ..cli.errors import RunError, UsageError, one_line
 from ..cli.pipeline_cache import PipelineCache
 from ..cli.run import RunHooks, run
 from .jobs_file import BatchJob
@@ -87,9 +87,7 @@ class BatchWorker:
         return Outcome(batch_job.name, batch_job.line, "done", pid=os.getpid())
 
     def _failed(self, batch_job: BatchJob, message: str) -> Outcome:
-        reason = " ".join(message.split()) or "failed"
-        if len(reason) > REASON_LIMIT:
-            reason = reason[: REASON_LIMIT - 1] + "…"
+        reason = one_line(message, REASON_LIMIT, empty="failed")
         return Outcome(batch_job.name, batch_job.line, "failed", reason, pid=os.getpid())
 
     def _crash_hook(self, name: str):

@@ -22,3 +22,11 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def one_line(text: str, limit: int, empty: str = "") -> str:
+    """``text`` as one line of at most ``limit`` characters (whitespace runs become one space; a
+    longer text is cut with "…"; an empty one becomes ``empty``): a key list or a tensor's repr
+    must not flood a terminal, a log or a summary."""
+    line = " ".join(str(text).split()) or empty
+    return line if len(line) <= limit else line[: limit - 1] + "…"

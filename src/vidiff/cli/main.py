@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from .errors import Interrupted, RunError, UsageError
+from .errors import Interrupted, RunError, UsageError, one_line
 
 _MESSAGE_LIMIT = 500  # characters of an error message; --debug shows the whole exception
 
@@ -115,9 +115,7 @@ def _print_paths(paths) -> None:
 def _fail(error: BaseException, status: int, debug: bool, prefix: str = "") -> int:
     if debug:
         traceback.print_exception(error)
-    message = " ".join(str(error).split()) or type(error).__name__  # one line
-    if len(message) > _MESSAGE_LIMIT:  # a key list or a tensor's repr must not flood the terminal
-        message = message[: _MESSAGE_LIMIT - 1] + "…"
+    message = one_line(str(error), _MESSAGE_LIMIT, empty=type(error).__name__)
     hint = "" if debug else " (--debug shows the traceback)" if status == 1 else ""
     print(f"vidiff: error: {prefix}{message}{hint}", file=sys.stderr)
     return status

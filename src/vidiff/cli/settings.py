@@ -224,6 +224,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+WORKER_DEVICES = ("auto", "cpu", "cuda")
+
+
+def worker_devices(choice: str) -> list[str]:
+    """The devices of long-lived workers (the server's, a local batch's), one worker each: every CUDA
+    GPU (``cuda:0``, ``cuda:1``…) for ``auto`` and ``cuda``, else one ``cpu`` worker."""
+    if choice not in WORKER_DEVICES:
+        raise UsageError(f"--device must be one of {list(WORKER_DEVICES)}, got {choice!r}")
+    count = torch.cuda.device_count() if choice in ("auto", "cuda") else 0
+    if choice == "cuda" and count == 0:
+        raise UsageError(f"--device cuda: no CUDA GPU here (torch {torch.__version__}); use --device cpu or auto")
+    return [f"cuda:{index}" for index in range(count)] or ["cpu"]
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto``: float16 on CUDA (what the released weights are used in), float32 elsewhere."""
     if name == "auto":

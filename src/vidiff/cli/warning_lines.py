@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .errors import one_line
+
 logger = logging.getLogger("vidiff.cli")
 
 # Warnings addressed to developers of the code that calls a library, never to a CLI user.
@@ -54,7 +56,5 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
     if is_noise(category, filename):
         logger.debug("ignored %s from %s:%s: %s", category.__name__, filename, lineno, message)
         return
-    text = " ".join(str(message).split()) or category.__name__
-    if len(text) > _MESSAGE_LIMIT:
-        text = text[: _MESSAGE_LIMIT - 1] + "…"
+    text = one_line(str(message), _MESSAGE_LIMIT, empty=category.__name__)
     logger.warning("warning: %s: %s", category.__name__, text)

@@ -15,7 +15,8 @@ from ..cli.commands import COMMANDS
 from ..cli.errors import UsageError
 from .app import ServerState, create_app
 from .store import JobStore
-from .worker import Worker, worker_devices
+from ..cli.settings import worker_devices
+from .worker import Worker
 
 logger = logging.getLogger("vidiff.server")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..cli.errors import RunError, UsageError
+from ..cli.errors import RunError, UsageError, one_line
 from ..cli.jobs import parse_job
 from ..cli.pipeline_cache import PipelineCache
 from ..cli.run import Cancelled, RunHooks, run
@@ -33,16 +33,6 @@ _IDLE_POLL_SECONDS = 1.0  # how often an idle worker looks at the queue without 
 
 class _Stopping(Exception):
     """Raised from a step when the server shuts down: the job goes back to the queue."""
-
-
-def worker_devices(choice: str) -> list[str]:
-    """The workers' devices for ``--device``: every CUDA GPU (``cuda:0``…), else one ``cpu``."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {choice!r}")
-    count = torch.cuda.device_count() if choice in ("auto", "cuda") else 0
-    if choice == "cuda" and count == 0:
-        raise UsageError(f"--device cuda: no CUDA GPU here (torch {torch.__version__}); use --device cpu or auto")
-    return [f"cuda:{index}" for index in range(count)] or ["cpu"]
 
 
 class Worker:
@@ -110,9 +100,7 @@ class Worker:
         logger.info("job %s: done", job_id)
 
     def _fail(self, job_id: str, message: str) -> None:
-        message = " ".join(message.split()) or "the job failed"
-        if len(message) > _MESSAGE_LIMIT:
-            message = message[: _MESSAGE_LIMIT - 1] + "…"
+        message = one_line(message, _MESSAGE_LIMIT, empty="the job failed")
         logger.warning("job %s failed: %s", job_id, message)
         self.store.finish(job_id, "failed", error=message)
 
