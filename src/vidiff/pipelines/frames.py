@@ -236,3 +236,14 @@ def videos_to_output(videos: torch.Tensor, output_type: str) -> Any:
         return array
     uint8 = (array * 255).round().astype(np.uint8)
     return [[PIL.Image.fromarray(frame) for frame in video] for video in uint8]
+
+
+def pair_prompts_and_images(num_prompts: int, num_images: int) -> int:
+    """How many distinct videos (before ``num_videos_per_prompt``): prompts and images pair up one to
+    one, or a single one of either serves all of the other."""
+    if num_prompts != num_images and 1 not in (num_prompts, num_images):
+        raise ValueError(
+            f"got {num_prompts} prompts and {num_images} images; give one image per prompt, "
+            "one image for all prompts, or one prompt for all images"
+        )
+    return max(num_prompts, num_images)

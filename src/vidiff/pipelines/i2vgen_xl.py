@@ -135,7 +135,7 @@ class I2VGenXLPipeline(TextVideoPipeline):
         prompt_embeds, negative_prompt_embeds = self._text_conditioning(
             prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip, device
         )
-        videos = _pair_prompts_and_images(prompt_embeds.shape[0], len(pils))
+        videos = frames_io.pair_prompts_and_images(prompt_embeds.shape[0], len(pils))
         batch_size = videos * num_videos_per_prompt
         check_generator(generator, batch_size)
 
@@ -208,14 +208,3 @@ class I2VGenXLPipeline(TextVideoPipeline):
 def _check_fps(target_fps: Any) -> None:
     if isinstance(target_fps, bool) or not isinstance(target_fps, (int, float)) or not 0 < target_fps < float("inf"):
         raise ValueError(f"`target_fps` must be a positive, finite number of frames per second (e.g. 16), got {target_fps!r}")
-
-
-def _pair_prompts_and_images(num_prompts: int, num_images: int) -> int:
-    """How many distinct videos (before ``num_videos_per_prompt``): prompts and images pair up one to
-    one, or a single one of either serves all of the other."""
-    if num_prompts != num_images and 1 not in (num_prompts, num_images):
-        raise ValueError(
-            f"got {num_prompts} prompts and {num_images} images; give one image per prompt, "
-            "one image for all prompts, or one prompt for all images"
-        )
-    return max(num_prompts, num_images)

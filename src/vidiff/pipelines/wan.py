@@ -104,8 +104,9 @@ class WanPipeline(WanPipelineBase):
         uncond = None if negative_prompt_embeds is None else {"text": per_video(negative_prompt_embeds, num_videos_per_prompt)}
 
         latents = self._initial_latents(shape, latents, generator, device)
-        latents = self._run(
+        # FreeInit (the only re-planning user of _denoise) is refused for Wan: no replan needed.
+        latents = self._denoise(
             latents * plan.init_noise_sigma, plan, cond, uncond, self._guidance(guidance_scale, guidance_scale_2),
-            callback_on_step_end, callback_on_step_end_tensor_inputs, num_inference_steps, device,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
         )
         return self._finish(latents, output_type, return_dict, None)

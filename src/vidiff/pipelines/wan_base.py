@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -369,15 +369,6 @@ class WanPipelineBase(Pipeline):
         )
         return frames.float().clamp(-1, 1)
 
-    def _run(
-        self, latents: torch.Tensor, plan: SamplingPlan, cond: dict[str, torch.Tensor], uncond: dict[str, torch.Tensor] | None,
-        guidance: Guidance, callback: Callable[..., dict[str, Any]] | None, tensor_inputs: Sequence[str],
-        num_inference_steps: int, device: torch.device,
-    ) -> torch.Tensor:
-        return self._denoise(
-            latents, plan, cond, uncond, guidance, callback, tensor_inputs,
-            replan=lambda steps: self._plan(steps, device), num_inference_steps=num_inference_steps,
-        )
 
 
 def per_video(rows: torch.Tensor, num_videos_per_prompt: int) -> torch.Tensor:

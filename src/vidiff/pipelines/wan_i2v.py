@@ -140,9 +140,10 @@ class WanImageToVideoPipeline(WanPipelineBase):
             uncond = {**cond, "text": rows(negative_prompt_embeds)}
 
         latents = self._initial_latents(shape, latents, generator, device)
-        latents = self._run(
+        # FreeInit (the only re-planning user of _denoise) is refused for Wan: no replan needed.
+        latents = self._denoise(
             latents * plan.init_noise_sigma, plan, cond, uncond, self._guidance(guidance_scale, guidance_scale_2),
-            callback_on_step_end, callback_on_step_end_tensor_inputs, num_inference_steps, device,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
         )
         if self.config.expand_timesteps:
             latents = (1 - cond["mask"]) * cond["condition"] + cond["mask"] * latents
@@ -234,9 +235,8 @@ class WanImageToVideoPipeline(WanPipelineBase):
 
 
 def _pair(num_prompts: int, num_images: int, last: torch.Tensor | None) -> int:
-    """Distinct videos before ``num_videos_per_prompt``: one image for every prompt, or one per prompt."""
+    """Distinct videos before ``num_videos_per_prompt`` (:func:`frames.pair_prompts_and_images`), with
+    one ``last_image`` per image."""
     if last is not None and last.shape[0] != num_images:
         raise ValueError(f"`last_image` holds {last.shape[0]} images but `image` {num_images}; give one last image per image")
-    if num_images not in (1, num_prompts) and num_prompts != 1:
-        raise ValueError(f"got {num_prompts} prompts and {num_images} images; give one image for all prompts or one per prompt")
-    return max(num_prompts, num_images)
+    return frames_io.pair_prompts_and_images(num_prompts, num_images)
