@@ -21,7 +21,7 @@ from typing import Any
 
 from ..cli.commands import Command
 from ..cli.errors import UsageError
-from ..cli.jobs import job_fields, parse_job
+from ..cli.jobs import JobError, parse_job
 
 # A name becomes a file name in --out: letters, digits, '-' and '_' only (no dots, no separators,
 # nothing hidden), so it can neither leave the folder nor be taken for an extension.
@@ -112,23 +112,12 @@ def _read_line(path: Path, number: int, line: str) -> BatchJob:
         )
     try:
         command, explicit, formats = parse_job(job)
-    except UsageError as error:
-        raise JobsFileError(f"{where}{_field_of(job, str(error))}: {error}") from None
+    except JobError as error:
+        # Point at the field unless the message already names it ("job field 'outputs' …").
+        named = error.field is None or f"'{error.field}'" in str(error)
+        raise JobsFileError(f"{where}{'' if named else f' (field {error.field!r})'}: {error}") from None
     videos = explicit.get("num_videos_per_prompt") or command.default("num_videos_per_prompt") or 1
     return BatchJob(number, name, job, tuple(formats), videos)
-
-
-def _field_of(job: dict[str, Any], message: str) -> str:
-    """`` (field 'num_frames')`` when the parser's message names one of the job's flags."""
-    try:
-        fields = job_fields(job["pipeline"])
-    except (KeyError, TypeError):
-        return ""
-    for field, action in fields.items():
-        names = action.option_strings or [action.metavar or field]
-        if field in job and any(f"argument {name}" in message or f"argument {name}:" in message for name in names):
-            return f" (field {field!r})"
-    return ""
 
 
 def _check_unique(path: Path, jobs: list[BatchJob]) -> None:

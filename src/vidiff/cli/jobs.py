@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,15 @@ FORMATS = ("mp4", "gif", "frames")
 BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False, "on": True, "off": False}
 # Flags a job may not set: where outputs go is the runner's business, and message flags are the CLI's.
 NOT_JOB_FIELDS = frozenset({"output", "overwrite", "from_json", "quiet", "progress", "debug", "command", "help"})
+
+
+class JobError(UsageError):
+    """A job the command line refuses; ``field`` is the job field the message is about (None: the
+    job as a whole), for callers that point at it (the server's JSON errors, batch-file lines)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -49,10 +59,10 @@ def job_fields(pipeline: str) -> dict[str, argparse.Action]:
 
 def _pipeline(job: Mapping[str, Any]) -> str:
     if not isinstance(job, Mapping):
-        raise UsageError(f"a job must be a JSON object, got {type(job).__name__}")
+        raise JobError(f"a job must be a JSON object, got {type(job).__name__}")
     name = job.get("pipeline")
     if name not in COMMANDS:
-        raise UsageError(f"job field 'pipeline' must be one of {sorted(COMMANDS)}, got {name!r}")
+        raise JobError(f"job field 'pipeline' must be one of {sorted(COMMANDS)}, got {name!r}", "pipeline")
     return name
 
 
@@ -62,9 +72,9 @@ def check_outputs(job: Mapping[str, Any]) -> list[str]:
     if isinstance(formats, str):
         formats = [formats]
     if not isinstance(formats, list) or not formats or any(f not in FORMATS for f in formats):
-        raise UsageError(f"job field 'outputs' must be a non-empty list of {list(FORMATS)}, got {job.get('outputs')!r}")
+        raise JobError(f"job field 'outputs' must be a non-empty list of {list(FORMATS)}, got {job.get('outputs')!r}", "outputs")
     if len(set(formats)) != len(formats):
-        raise UsageError(f"job field 'outputs' lists a format twice: {formats}")
+        raise JobError(f"job field 'outputs' lists a format twice: {formats}", "outputs")
     return list(formats)
 
 
@@ -74,21 +84,21 @@ def _option_values(field: str, action: argparse.Action, value: Any) -> list[str]
     if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
         value = BOOLEAN_WORDS.get(value.lower(), value) if isinstance(value, str) else value  # form fields
         if not isinstance(value, bool):
-            raise UsageError(f"job field {field!r} ({option}) must be true or false, got {value!r}")
+            raise JobError(f"job field {field!r} ({option}) must be true or false, got {value!r}", field)
         return [option] if value else []
     if value is None:
         return []
     if isinstance(value, bool):
-        raise UsageError(f"job field {field!r} ({option or field}) takes a value, not {value!r}")
+        raise JobError(f"job field {field!r} ({option or field}) takes a value, not {value!r}", field)
     if isinstance(value, Mapping):  # scheduler_config recorded as an object
         value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
     values = value if isinstance(value, list) else [value]
     if len(values) > 1 and not isinstance(action, argparse._AppendAction):  # noqa: SLF001
-        raise UsageError(f"job field {field!r} ({option or field}) takes one value, got a list")
+        raise JobError(f"job field {field!r} ({option or field}) takes one value, got a list", field)
     words: list[str] = []
     for item in values:
         if isinstance(item, (dict, list)):
-            raise UsageError(f"job field {field!r} ({option or field}) got a nested {type(item).__name__}")
+            raise JobError(f"job field {field!r} ({option or field}) got a nested {type(item).__name__}", field)
         text = item if isinstance(item, str) else json.dumps(item)
         words += [text] if option is None else [option, text]
     return words
@@ -100,8 +110,8 @@ def job_argv(job: Mapping[str, Any]) -> list[str]:
     fields = job_fields(pipeline)
     unknown = sorted(set(job) - set(fields) - {"pipeline", "outputs", "name"})
     if unknown:
-        raise UsageError(
-            f"unknown job field(s) {unknown} for pipeline {pipeline!r}; valid: {sorted(fields)} plus 'outputs'"
+        raise JobError(
+            f"unknown job field(s) {unknown} for pipeline {pipeline!r}; valid: {sorted(fields)} plus 'outputs'", unknown[0]
         )
     positional: list[str] = []
     options: list[str] = []
@@ -116,14 +126,30 @@ def job_argv(job: Mapping[str, Any]) -> list[str]:
 def parse_job(job: Mapping[str, Any]) -> tuple[Command, dict[str, Any], list[str]]:
     """Validate ``job`` exactly as the command line would: (command, typed flag values, formats).
 
-    Raises :class:`UsageError` with the flag's own message. Paths in the job (image, model…) are
-    taken as given: the caller decides which it trusts.
+    Raises :class:`JobError` with the flag's own message and the field. Paths in the job (image,
+    model…) are taken as given: the caller decides which it trusts.
     """
-    _pipeline(job)
+    pipeline = _pipeline(job)
     formats = check_outputs(job)
-    explicit = vars(build_parser().parse_args(job_argv(job)))
+    try:
+        explicit = vars(build_parser().parse_args(job_argv(job)))
+    except JobError:
+        raise
+    except UsageError as error:  # argparse's message: "argument --num-frames: …"
+        raise JobError(str(error), _field_named(pipeline, str(error))) from None
     name = explicit.pop("command")
     return COMMANDS[name], explicit, formats
+
+
+def _field_named(pipeline: str, message: str) -> str | None:
+    """The job field whose flag (or positional IMAGE / PROMPT) a parser message starts with."""
+    match = re.search(r"argument (--[a-z0-9-]+|[A-Z_]+)", message)
+    if match is None:
+        return None
+    for field, action in job_fields(pipeline).items():
+        if match.group(1) in action.option_strings or match.group(1) == action.metavar:
+            return field
+    return None
 
 
 def job_from_sidecar(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.commands import COMMANDS
-from ..cli.errors import UsageError
-from ..cli.jobs import job_fields, parse_job
+from ..cli.jobs import JobError, parse_job
 
 # Fields that read a picture or a video: a URL or an upload, never a path on the server.
 MEDIA_FIELDS = ("image", "last_image", "video", "control_video", "ip_adapter_image")
@@ -37,20 +36,6 @@ class JobRefused(Exception):
     def __init__(self, message: str, field: str | None = None, status: int = 422) -> None:
         super().__init__(message)
         self.message, self.field, self.status = message, field, status
-
-
-def field_of(message: str, pipeline: str | None) -> str | None:
-    """The job field a CLI message is about (``argument --num-frames: …`` → ``num_frames``)."""
-    match = re.search(r"job field\(?s?\)? \[?'([a-z_0-9]+)'", message)
-    if match:
-        return match.group(1)
-    match = re.search(r"argument (--[a-z0-9-]+|IMAGE|PROMPT)", message)
-    if match and pipeline in COMMANDS:
-        name = match.group(1)
-        for dest, action in job_fields(pipeline).items():
-            if name in action.option_strings or name == action.metavar:
-                return dest
-    return None
 
 
 def check_job(job: Any, models: Mapping[str, str], uploads: Mapping[str, Path]) -> tuple[dict, dict, list[str], int]:
@@ -75,8 +60,8 @@ def check_job(job: Any, models: Mapping[str, str], uploads: Mapping[str, Path]) 
             # Picked now and stored, so a job re-queued after a restart makes the same video.
             shown["seed"] = run_job["seed"] = secrets.randbits(32)
         command, explicit, formats = parse_job(run_job)
-    except UsageError as error:
-        raise JobRefused(str(error), field_of(str(error), pipeline)) from None
+    except JobError as error:
+        raise JobRefused(str(error), error.field) from None
     for field, value in explicit.items():  # form fields are text: show "14" as the number 14
         if isinstance(shown.get(field), str) and isinstance(value, (int, float)) and field not in uploads:
             shown[field] = run_job[field] = value
